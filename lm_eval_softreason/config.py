@@ -1,0 +1,198 @@
+"""Every ``--model_args`` key of the ``softreason`` model: one dataclass, parsing, validation.
+
+``SoftReasonConfig.from_model_args(**kwargs)`` is the only entry point. Values may arrive as
+strings (``lm_eval --model_args k=v``) or typed (Python API); every key is checked, and an
+unknown key or a bad value raises ``ValueError`` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, get_type_hints
+
+SEARCHES = ("softreason", "random", "greedy", "sc")
+ACQUISITIONS = ("logei", "ucb", "pi", "random")
+BASES = ("token", "zero")
+SIGMA_SCALES = ("embedding_rms", "absolute")
+SELECTS = ("vote", "best")
+ANSWER_TYPES = ("auto", "numeric", "boolean")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Keys lm-eval itself passes to every model (CLI --batch_size/--device/--max_batch_size) that
+# the search does not use; accepted so the stock CLI works, validated where they matter.
+_LM_EVAL_PASSTHROUGH = ("max_batch_size",)
+
+# Search keys that change what generate_until returns; they form the cache fingerprint.
+_SEARCH_KEYS = (
+    "search", "k", "proj_dim", "sigma", "sigma_scale", "base", "max_rounds", "min_rounds",
+    "stop_threshold", "token_budget", "w_verifier", "w_coherence", "acquisition", "select",
+    "answer_type", "n", "temperature", "top_p", "box", "verifier_max_gen_toks", "seed",
+)
+
+
+@dataclass
+class SoftReasonConfig:
+    """All settings of one ``softreason`` model instance (see README, "model_args")."""
+
+    # --- model loading -------------------------------------------------------------------
+    pretrained: str | None = None  # Hub id, local dir or .gguf file; None = embedded SmolLM2
+    gguf_file: str | None = None  # GGUF file name inside the `pretrained` directory
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    max_length: int | None = None  # context window; default: the model config's
+    batch_size: int = 1  # concurrent requests (cross-request batching arrives later)
+    max_batch_size: int | None = None
+    seed: int = 1234
+    # --- search ----------------------------------------------------------------------------
+    search: str = "softreason"
+    k: int = 5  # candidates per round
+    proj_dim: int = 50  # d, the search space dimension
+    sigma: float = 1.0  # per-coordinate std of the perturbation (in sigma_scale units)
+    sigma_scale: str = "embedding_rms"
+    base: str = "token"
+    box: float = 3.0  # search box [-box, box]^d for initial draws and acquisition alike
+    max_rounds: int = 5
+    min_rounds: int = 2
+    stop_threshold: float = 0.01
+    token_budget: int | None = None
+    w_verifier: float = 1.0
+    w_coherence: float = 1.0
+    acquisition: str = "logei"
+    select: str = "vote"
+    answer_type: str = "auto"
+    question_field: str = "question"
+    verifier_max_gen_toks: int = 300
+    max_gen_toks: int = 300  # default when the task's gen_kwargs give none
+    # --- self-consistency (search=sc) and sampling ----------------------------------------
+    n: int = 10
+    temperature: float = 0.6
+    top_p: float = 1.0
+    # --- analysis ------------------------------------------------------------------------
+    trace_dir: str | None = None
+
+    @classmethod
+    def from_model_args(cls, **kwargs: Any) -> "SoftReasonConfig":
+        """Build and validate a config from ``--model_args`` keys (strings or typed values)."""
+        hints = get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in kwargs.items():
+            if key not in known:
+                raise ValueError(
+                    f"softreason: unknown model_args key {key!r} (value {raw!r}). "
+                    f"Allowed keys: {', '.join(sorted(known))}"
+                )
+            values[key] = _coerce(key, raw, hints[key])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value and what is allowed."""
+        _choice("search", self.search, SEARCHES)
+        _choice("acquisition", self.acquisition, ACQUISITIONS)
+        _choice("base", self.base, BASES)
+        _choice("sigma_scale", self.sigma_scale, SIGMA_SCALES)
+        _choice("select", self.select, SELECTS)
+        _choice("answer_type", self.answer_type, ANSWER_TYPES)
+        _choice("dtype", self.dtype, DTYPES)
+        if not (self.device in ("auto", "cpu", "mps", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(
+                f"softreason: model_args device={self.device!r} is not allowed; "
+                "use auto, cpu, mps, cuda or cuda:N"
+            )
+        for name, low in (("k", 1), ("proj_dim", 1), ("max_rounds", 1), ("min_rounds", 1),
+                          ("n", 1), ("batch_size", 1), ("verifier_max_gen_toks", 1),
+                          ("max_gen_toks", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(
+                    f"softreason: model_args {name}={getattr(self, name)!r} must be >= {low}"
+                )
+        if self.min_rounds > self.max_rounds:
+            raise ValueError(
+                f"softreason: model_args min_rounds={self.min_rounds} must be <= "
+                f"max_rounds={self.max_rounds}"
+            )
+        for name in ("sigma", "box", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"softreason: model_args {name}={getattr(self, name)!r} must be > 0"
+                )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"softreason: model_args top_p={self.top_p!r} must be in (0, 1]")
+        for name in ("w_verifier", "w_coherence", "stop_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"softreason: model_args {name}={getattr(self, name)!r} must be >= 0"
+                )
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(
+                f"softreason: model_args token_budget={self.token_budget!r} must be >= 1"
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(
+                f"softreason: model_args max_length={self.max_length!r} must be >= 2"
+            )
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes generated answers (model + search settings)."""
+        d = asdict(self)
+        keep = {k: d[k] for k in ("pretrained", "gguf_file", "dtype", *_SEARCH_KEYS)}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"softreason: model_args {name}={value!r} is not allowed; choose one of "
+            f"{', '.join(allowed)}"
+        )
+
+
+_NONE_STRINGS = ("", "none", "null")
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    """Convert a CLI string (or typed value) to the field's type, or raise naming the key."""
+    text = str(raw)
+    optional = "None" in str(hint)
+    if raw is None or (optional and isinstance(raw, str) and text.lower() in _NONE_STRINGS):
+        if optional:
+            return None
+        raise ValueError(f"softreason: model_args {key} needs a value, got {raw!r}")
+    base = str(hint).replace(" | None", "").replace("Optional[", "").rstrip("]")
+    try:
+        if "bool" in base:
+            if isinstance(raw, bool):
+                return raw
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if "int" in base:
+            if key == "batch_size" and text.startswith("auto"):
+                return 1  # lm-eval's batch_size=auto: one search at a time on this engine
+            value = float(text)
+            if isinstance(raw, bool) or not value.is_integer():
+                raise ValueError
+            return int(value)
+        if "float" in base:
+            value = float(raw)
+            if value != value:  # NaN
+                raise ValueError
+            return value
+        return text
+    except (TypeError, ValueError):
+        kind = "true/false" if "bool" in base else "integer" if "int" in base else "number"
+        raise ValueError(
+            f"softreason: model_args {key}={raw!r} is not a valid {kind}"
+        ) from None
