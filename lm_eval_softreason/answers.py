@@ -21,7 +21,7 @@ Tasks with a known answer type should pass it ("numeric" or "boolean") rather th
 "auto"; so should the search's vote when the task's type is known.
 
 Numbers understand thousands separators (``1,234``), ``$``, ``%``, signs (``-3``, ``−3``),
-decimals, simple fractions (``3/4``), LaTeX ``\\frac{3}{4}`` and ``1{,}000``; trailing periods
+decimals, exponents (``3.5e-07``), simple fractions (``3/4``), LaTeX ``\\frac{3}{4}`` and ``1{,}000``; trailing periods
 and markdown emphasis are ignored.
 """
 
@@ -40,9 +40,10 @@ _MARKER = re.compile(r"answer\s*(?:is\b|:)|\\boxed\s*\{", re.IGNORECASE)
 
 # A number not glued to a preceding word, digit or closing bracket (so "7-3" is not "-3");
 # thousands separators only in proper groups of three ("3,4" is two numbers); an optional
-# "/ denominator" makes it a fraction.
+# exponent ("3.5e-07"); an optional "/ denominator" makes it a fraction.
 _NUMBER = re.compile(
-    r"(?<![\w.)\]])(?P<sign>[-−–])?(?:\$\s?)?(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?<![\w.)\]])(?P<sign>[-−–])?(?:\$\s?)?"
+    r"(?P<num>(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?)"
     r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?)(?![\d/]))?"
 )
 _BOOLEAN = re.compile(r"\b(true|false|yes|no)\b", re.IGNORECASE)
@@ -68,12 +69,15 @@ def _delatex(text: str) -> str:
 
 
 def _to_float(match: re.Match) -> float | None:
+    """The matched number's value; None for a zero denominator or an overflow ("1e999")."""
     value = float(match.group("num").replace(",", ""))
     if match.group("den") is not None:
         denominator = float(match.group("den"))
         if denominator == 0:
             return None
         value /= denominator
+    if not math.isfinite(value):
+        return None
     return -value if match.group("sign") else value
 
 
@@ -202,13 +206,20 @@ def parse_gold(value: Any) -> Answer:
 
 
 def answers_match(
-    a: Any, b: Any, answer_type: str = "auto", rel_tol: float = 1e-4, abs_tol: float = 1e-6
+    a: Any, b: Any, answer_type: str = "auto", rel_tol: float = 1e-4, abs_tol: float = 1e-9
 ) -> bool:
     """Whether two answers are the same: numbers within tolerance, booleans exactly.
 
+    Numbers match when ``math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)`` *and* they are
+    less than 1 apart. The relative tolerance accepts a rounded rendering of a float target
+    (GSM-Hard's ``14053029.666666666`` as ``14053029.67`` or ``14053030``; ``5489.5466666667``
+    as ``5489.55``); the 1-apart cap keeps it from accepting arithmetic slips on large numbers
+    (on its own, rel_tol=1e-4 would take 9,867,600 for 9,867,630), so two different whole
+    numbers never match. ``abs_tol`` only matters near zero: it is tiny so that "0" does not
+    match GSM-Hard targets such as 3.509e-07.
+
     Strings are first parsed with ``extract_answer(text, answer_type)``. None never matches, nor
     does a number match a boolean; with "numeric" or "boolean" both must be of that type.
-    The relative tolerance absorbs GSM-Hard's float targets (``14053029.666666666``).
     """
     _check_answer_type(answer_type)
     a, b = (extract_answer(x, answer_type) if isinstance(x, str) else x for x in (a, b))
@@ -226,12 +237,12 @@ def answers_match(
         return False
     if math.isnan(a) or math.isnan(b):
         return False
-    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+    return abs(a - b) < 1 and math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
 def majority_answer(
     answers: Iterable[Answer], answer_type: str = "auto", rel_tol: float = 1e-4,
-    abs_tol: float = 1e-6,
+    abs_tol: float = 1e-9,
 ) -> Answer:
     """The most common answer, answers that match (``answers_match``) counting as one.
 

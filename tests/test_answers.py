@@ -44,6 +44,8 @@ NUMERIC_OUTPUTS = [
     ("At first the answer is 10. Wait, that is wrong. Answer: 12", 12.0),
     ("Let me compute 1.5 + 2.25 = 3.75", 3.75),
     ("There are .5 liters", 0.5),
+    ("Answer: 3.509e-07", 3.509e-07),
+    ("She has 5 eggs", 5.0),  # "e" of a word is no exponent
 ]
 
 
@@ -54,7 +56,8 @@ def test_numeric_answer_is_extracted_from_messy_outputs(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "I do not know.", "Answer: unknown", "The answer is not clear.", "Answer: 3/0"],
+    ["", "I do not know.", "Answer: unknown", "The answer is not clear.", "Answer: 3/0",
+     "Answer: 1e999"],
 )
 def test_numeric_answer_is_none_without_a_number(text):
     assert extract_answer(text, "numeric") is None
@@ -150,11 +153,25 @@ def test_parse_gold_reads_dataset_targets(value, expected):
 
 def test_numbers_match_with_tolerance_for_gsm_hard_floats():
     assert answers_match(14053029.67, 14053029.666666666)
-    assert answers_match("Answer: 5189.55", 5189.5466666667, rel_tol=1e-3)
+    assert answers_match(14053030, 14053029.666666666)
+    assert answers_match("Answer: 5489.55", 5489.5466666667)
+    assert answers_match(0.00167916, 0.0016791648)
     assert answers_match(3, 3.0)
-    assert answers_match(0.0, 1e-9)
+    assert answers_match(0.0, 1e-12)
     assert not answers_match(18.0, 19.0)
     assert not answers_match(0.0016791648, 0.0017)
+
+
+def test_large_numbers_one_apart_do_not_match():
+    # a relative tolerance alone would accept these GSM-Hard arithmetic slips
+    assert not answers_match(-9867631.0, -9867630.0)
+    assert not answers_match(9867600.0, 9867630.0)
+    assert not answers_match(14053000.0, 14053029.666666666)
+
+
+def test_zero_does_not_match_a_tiny_target():
+    assert not answers_match(0.0, 3.509e-07)
+    assert answers_match(3.509e-07, 3.509e-07)
 
 
 def test_booleans_match_exactly_and_never_match_numbers():
