@@ -1,0 +1,303 @@
+"""Data loading and metrics for the softreason tasks (the YAMLs next to this file).
+
+Data: each ``load_<task>`` is a ``custom_dataset`` and returns a ``DatasetDict`` with a ``test``
+split and a ``fewshot`` split of exemplars. The test data comes from a local data directory
+(metadata ``data_dir``, e.g. ``--metadata '{"data_dir": "../shared/data"}'``, else the
+environment variable ``LM_EVAL_SOFTREASON_DATA``; relative paths are relative to the current
+directory), else from the Hugging Face Hub. Exemplars come from ``<data_dir>/fewshot/
+exemplars.json`` (the paper's 8 per task), else from the first rows of the Hub dataset's train
+split where it has one.
+
+Every row is normalised to ``question``, ``answer`` (the gold answer as prompt text: "18",
+"0.75", "true"), ``answer_type`` ("numeric" or "boolean", for ``answers.extract_answer``) and
+``thought`` (an exemplar's reasoning, "" when the source has none); the source's other fields
+are kept, and a source field these names would overwrite is kept under another name
+(gsm8k's rationale ``answer`` becomes ``solution``).
+
+Metrics: ``process_results`` scores with ``lm_eval_softreason.answers``, the parser the search's
+vote uses. Cost metrics come from ``GenerationResult.stats`` and are NaN for models that return
+plain strings (lm-eval's ``hf``, ``vllm``, ...): those do not report tokens, and a metric only
+sees the response text, not the tokenizer, so there is no faithful token count to give.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from lm_eval_softreason.answers import answers_match, extract_answer, format_answer, parse_gold
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "LM_EVAL_SOFTREASON_DATA"
+NUM_EXEMPLARS = 8
+COST_METRICS = ("gen_tokens", "prompt_tokens", "candidates", "rounds", "wall_s")
+_REASONING_CUE = re.compile(r"^\s*let[’']s think step by step\.?\s*", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------- normalising
+
+
+def _number_text(value: Any) -> str:
+    return format_answer(parse_gold(value))
+
+
+def _boolean_text(value: Any) -> str:
+    gold = parse_gold(value)
+    if not isinstance(gold, bool):
+        raise ValueError(f"expected a true/false answer, got {value!r}")
+    return format_answer(gold)
+
+
+def _strip_cue(thought: str) -> str:
+    """Exemplar reasoning without its leading "Let's think step by step." (the YAML's
+    ``gen_prefix`` already puts the cue before every answer)."""
+    return _REASONING_CUE.sub("", thought or "").strip()
+
+
+def _svamp_row(row: dict) -> dict:
+    # paper file: index, question (Body + Question), answer (str);
+    # Hub ChilleD/SVAMP: ID, Body, Question, Equation, Answer (float), Type, question_concat
+    if "question" in row:
+        question = row["question"]
+    else:
+        question = row.get("question_concat") or f"{row['Body'].strip()} {row['Question'].strip()}"
+    equation = row.get("Equation")
+    return {
+        **row,
+        "question": question.strip(),
+        "answer": _number_text(row["answer"] if "answer" in row else row["Answer"]),
+        "answer_type": "numeric",
+        "thought": f"The answer is {equation.strip()}." if equation else "",
+    }
+
+
+def _gsm_hard_row(row: dict) -> dict:
+    # paper file: index, question, answer (float); Hub reasoning-machines/gsm-hard: input, code,
+    # target (float)
+    return {
+        **row,
+        "question": (row["question"] if "question" in row else row["input"]).strip(),
+        "answer": _number_text(row["answer"] if "answer" in row else row["target"]),
+        "answer_type": "numeric",
+        "thought": "",
+    }
+
+
+def _strategyqa_row(row: dict) -> dict:
+    # paper file: index, question ("Term: description. Question?"), thought, answer ("True");
+    # Hub ChilleD/StrategyQA: qid, term, description, question, answer (bool), facts
+    normalised = {**row, "answer_type": "boolean", "answer": _boolean_text(row["answer"])}
+    if "thought" not in row:
+        facts = row.get("facts") or ""
+        normalised["thought"] = " ".join(facts) if isinstance(facts, list) else str(facts)
+    if row.get("term") and row.get("description"):  # the paper's "Term: description. Q?"
+        normalised["source_question"] = row["question"]
+        normalised["question"] = f"{row['term']}: {row['description']} {row['question']}"
+    normalised["question"] = normalised["question"].strip()
+    return normalised
+
+
+def _gsm8k_row(row: dict) -> dict:
+    # openai/gsm8k (Hub and the jsonl files alike): question, answer (rationale ending "#### N")
+    rationale = row["answer"]
+    thought = re.sub(r"<<[^>]*>>", "", rationale.rsplit("####", 1)[0]).strip()
+    return {
+        **row,
+        "question": row["question"].strip(),
+        "answer": _number_text(rationale),
+        "answer_type": "numeric",
+        "thought": thought,
+        "solution": rationale,
+    }
+
+
+def _exemplar_row(row: dict, answer_type: str) -> dict:
+    # exemplars.json rows: Question, Thought, Answer
+    answer = _boolean_text if answer_type == "boolean" else _number_text
+    return {
+        **row,
+        "question": row["Question"].strip(),
+        "answer": answer(row["Answer"]),
+        "answer_type": answer_type,
+        "thought": _strip_cue(row["Thought"]),
+    }
+
+
+# ---------------------------------------------------------------------------------- sources
+
+# name: (file under data_dir, Hub id, Hub config, Hub test split, Hub train split or None,
+#        key in exemplars.json or None, row normaliser)
+SOURCES: dict[str, tuple] = {
+    "svamp": ("svamp/test300.json", "ChilleD/SVAMP", None, "test", "train", "svamp", _svamp_row),
+    "gsm_hard": ("gsm_hard/test.json", "reasoning-machines/gsm-hard", None, "train", None,
+                 "gsm_hard", _gsm_hard_row),
+    "strategyqa": ("strategyqa/test.json", "ChilleD/StrategyQA", None, "test", "train",
+                   "strategyqa", _strategyqa_row),
+    "gsm8k": ("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "train", "gsm8k", _gsm8k_row),
+}
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in f if line.strip()]
+        return json.load(f)
+
+
+def _hub_rows(hub_id: str, config: str | None, split: str) -> list[dict]:
+    import datasets
+
+    return datasets.load_dataset(hub_id, config, split=split).to_list()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local data directory: the metadata value, else ``$LM_EVAL_SOFTREASON_DATA``, else None."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    return Path(chosen).expanduser() if chosen else None
+
+
+def _load_test_rows(name: str, data_dir: Path | None) -> list[dict]:
+    local_file, hub_id, config, split, *_ = SOURCES[name]
+    tried = []
+    if data_dir is None:
+        tried.append(f"no local data directory (metadata 'data_dir' and ${DATA_DIR_ENV} unset)")
+    else:
+        path = data_dir / local_file
+        if path.is_file():
+            return _read_rows(path)
+        tried.append(f"local file {path.resolve()}: not found")
+    hub = f"Hub dataset {hub_id!r}" + (f" config {config!r}" if config else "") + f" split {split!r}"
+    try:
+        rows = _hub_rows(hub_id, config, split)
+    except Exception as err:  # noqa: BLE001 - any failure is reported with what was tried
+        tried.append(f"{hub}: {type(err).__name__}: {err}")
+        raise FileNotFoundError(
+            f"Cannot load the data of task {name!r}. Tried:\n  - " + "\n  - ".join(tried)
+            + f"\nFix: point to a local copy containing {local_file} with "
+            f"--metadata '{{\"data_dir\": \"/path/to/data\"}}' or ${DATA_DIR_ENV}=/path/to/data, "
+            f"or allow downloading {hub_id!r} from the Hugging Face Hub (network access, "
+            "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE unset)."
+        ) from err
+    if data_dir is not None:
+        logger.warning("%s: %s; loaded the %s instead", name, tried[-1], hub)
+    return rows
+
+
+def _load_exemplar_rows(name: str, data_dir: Path | None, answer_type: str) -> list[dict]:
+    _, hub_id, config, _, train_split, exemplar_key, normalise = SOURCES[name]
+    if data_dir is not None:
+        path = data_dir / "fewshot" / "exemplars.json"
+        if path.is_file():
+            exemplars = _read_rows(path).get(exemplar_key, [])
+            return [_exemplar_row(row, answer_type) for row in exemplars]
+    if train_split is not None:
+        try:
+            rows = _hub_rows(hub_id, config, train_split)[:NUM_EXEMPLARS]
+            return [normalise(row) for row in rows]
+        except Exception as err:  # noqa: BLE001 - few-shot is optional, zero-shot still works
+            reason = f"the Hub train split failed ({type(err).__name__}: {err})"
+    else:
+        reason = f"{hub_id!r} has no train split"
+    logger.warning(
+        "%s: no few-shot exemplars (no <data_dir>/fewshot/exemplars.json and %s); "
+        "--num_fewshot > 0 will fail for this task", name, reason,
+    )
+    return []
+
+
+def load_task_data(name: str, data_dir: str | os.PathLike | None = None, **_: Any):
+    """``DatasetDict(test=..., fewshot=...)`` of normalised rows for source ``name`` (see SOURCES)."""
+    import datasets
+
+    resolved = resolve_data_dir(data_dir)
+    normalise = SOURCES[name][-1]
+    test = [normalise(row) for row in _load_test_rows(name, resolved)]
+    answer_type = test[0]["answer_type"]
+    fewshot = _load_exemplar_rows(name, resolved, answer_type)
+    return datasets.DatasetDict(
+        test=datasets.Dataset.from_list(test), fewshot=datasets.Dataset.from_list(fewshot)
+    )
+
+
+def load_svamp(**kwargs):
+    return load_task_data("svamp", **kwargs)
+
+
+def load_gsm_hard(**kwargs):
+    return load_task_data("gsm_hard", **kwargs)
+
+
+def load_strategyqa(**kwargs):
+    return load_task_data("strategyqa", **kwargs)
+
+
+def load_gsm8k(**kwargs):
+    return load_task_data("gsm8k", **kwargs)
+
+
+def load_smoke(**_: Any):
+    """Our own 8 arithmetic word problems (softreason_smoke.jsonl next to this file)."""
+    import datasets
+
+    rows = _read_rows(Path(__file__).with_name("softreason_smoke.jsonl"))
+    test = [{**row, "answer": _number_text(row["answer"]), "answer_type": "numeric",
+             "thought": ""} for row in rows]
+    return datasets.DatasetDict(test=datasets.Dataset.from_list(test))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def _as_float(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def coverage(stats: dict | None, gold: Any, answer_type: str) -> float:
+    """1.0 if any candidate the search produced has the gold answer, 0.0 if none does; NaN when
+    the response carries no candidate list (plain-string models)."""
+    candidates = (stats or {}).get("candidate_answers")
+    if candidates is None:
+        return math.nan
+    return float(any(answers_match(c, gold, answer_type) for c in candidates))
+
+
+def process_results(doc: dict, results: list) -> dict[str, float]:
+    """Per-doc metrics: ``acc``, ``coverage`` and the cost metrics in COST_METRICS.
+
+    ``results[0]`` is the response: a ``GenerationResult`` (with ``.stats``) from the
+    softreason model, or a plain ``str`` from other models, for which coverage and every cost
+    metric are NaN (see the module docstring) and ``nanmean`` leaves them out.
+    """
+    response = results[0]
+    answer_type = doc.get("answer_type", "auto")
+    gold = parse_gold(doc["answer"])
+    stats = getattr(response, "stats", None)
+    scores = {
+        "acc": float(answers_match(extract_answer(response, answer_type), gold, answer_type)),
+        "coverage": coverage(stats, gold, answer_type),
+    }
+    for key in COST_METRICS:
+        scores[key] = _as_float((stats or {}).get(key))
+    return scores
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean over the non-NaN values (NaN when there are none).
+
+    Used for the cost metrics instead of lm-eval's registered ``nanmean``, which lm-eval
+    bootstraps for a standard error (seconds per metric); costs get no stderr.
+    """
+    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(kept) / len(kept) if kept else math.nan
+
