@@ -1,0 +1,231 @@
+"""The lm-eval adapter: ``Instance`` objects in, answer strings (with their cost) out.
+
+``SoftReasonLM`` is lm-eval's ``HFLM`` with a different ``generate_until``: each request is
+tokenised exactly as ``hf`` would tokenise it, handed to the configured search
+(``search/``), and the chosen text comes back as a ``GenerationResult`` that carries the
+request's cost record. ``loglikelihood*``, chat templates and system instructions are HFLM's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+from . import __version__
+from .config import SoftReasonConfig
+from .engine import DecodingEngine
+from .loading import load_model_and_tokenizer
+from .search import baselines, softreason
+from .search.problem import Problem, SearchOutcome
+from .stats import GenerationResult, RequestStats
+
+log = logging.getLogger(__name__)
+
+SEARCHES: dict[str, Callable[[SoftReasonConfig, DecodingEngine, Problem], SearchOutcome]] = {
+    "softreason": softreason.search,
+    "random": softreason.search,
+    "greedy": baselines.greedy,
+    "sc": baselines.self_consistency,
+}
+
+# gen_kwargs keys the model understands; `answer_type` is ours and is popped first
+_GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "answer_type")
+
+
+def request_seed(seed: int, context: str) -> int:
+    """Per-request seed from (config seed, request text): independent of order and sharding."""
+    digest = hashlib.sha256(f"{seed}\x00{context}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class SoftReasonLM(HFLM):
+    """``lm_eval --model softreason --model_args ...``; keys are documented in the README."""
+
+    def __init__(self, **model_args: Any) -> None:
+        self.cfg = SoftReasonConfig.from_model_args(**model_args)
+        model, tokenizer, self.model_name = load_model_and_tokenizer(self.cfg)
+        super().__init__(
+            pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.batch_size,
+            max_length=self.cfg.max_length,
+        )
+        self.engine = DecodingEngine(self.model, self.tokenizer)
+        self._chat_used = False
+        self._warned: set[str] = set()
+        self.totals: dict[str, float] = {
+            "requests": 0, "gen_tokens": 0, "prompt_tokens": 0, "candidates": 0, "rounds": 0,
+            "wall_s": 0.0, "bo_s": 0.0, "fallbacks": 0, "truncated": 0,
+        }
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """``model_args`` win over the CLI's ``--batch_size/--device``. lm-eval's CLI sends
+        ``device=cuda:0`` by default even on CPU-only machines, so that one value falls back
+        to ``auto``; a ``device`` given in ``model_args`` is taken literally (and checked)."""
+        extra = {k: v for k, v in (additional_config or {}).items()
+                 if v is not None and k not in arg_dict}
+        if str(extra.get("device", "")).startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                extra["device"] = "auto"
+        return cls(**arg_dict, **extra)
+
+    # --- chat templates: remember that the run uses one, so the verifier can too ---------------
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self._chat_used = True
+        return super().apply_chat_template(chat_history, add_generation_prompt)
+
+    def _render_user_turn(self, text: str) -> list[int]:
+        if self._chat_used:
+            return self._encode(super().apply_chat_template([{"role": "user", "content": text}]))
+        return self._encode(text + "\n")
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids exactly as HFLM's generate_until makes them (same BOS handling)."""
+        return self.tok_batch_encode([text])[0][0].tolist()
+
+    # --- generation -----------------------------------------------------------------------
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        results = []
+        bar = tqdm(requests, desc=f"softreason ({self.cfg.search})",
+                   disable=disable_tqdm or self.rank != 0)
+        for request in bar:
+            context, gen_kwargs = request.args
+            result = self._generate_one(context, dict(gen_kwargs), request)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), result)
+            results.append(result)
+        return results
+
+    def _generate_one(self, context: str, gen_kwargs: dict, request: Any) -> GenerationResult:
+        start = time.perf_counter()
+        problem, truncated, sampling = self._problem(context, gen_kwargs, request)
+        before = self.engine.stats.copy()
+        run = SEARCHES[self.cfg.search]
+        if sampling is not None and self.cfg.search == "greedy":
+            run = self._sampled  # the task asked for do_sample: honour it in greedy mode
+        try:
+            outcome = run(self.cfg, self.engine, problem)
+        except Exception as exc:  # one hard request must not end a long run
+            self._warn_once(type(exc).__name__, f"softreason: search failed on a request "
+                            f"({type(exc).__name__}: {exc}); falling back to greedy")
+            outcome = self._fallback(problem, exc)
+        stats = outcome.stats
+        stats.truncated = truncated
+        stats.forward_passes = self.engine.stats.forward_passes - before.forward_passes
+        stats.wall_s = time.perf_counter() - start
+        stats.config_fingerprint = self.cfg.fingerprint()
+        self._account(stats)
+        if self.cfg.trace_dir:
+            self._trace(request, problem, outcome)
+        return GenerationResult(outcome.text, stats.to_dict())
+
+    def _problem(self, context: str, gen_kwargs: dict, request: Any) -> tuple[Problem, bool, float | None]:
+        answer_type = gen_kwargs.pop("answer_type", self.cfg.answer_type)
+        unknown = sorted(set(gen_kwargs) - set(_GEN_KWARGS))
+        if unknown:
+            self._warn_once(f"gen_kwargs:{unknown}", f"softreason: ignoring gen_kwargs {unknown}; "
+                            f"understood: {', '.join(_GEN_KWARGS)}")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_gen_toks = int(gen_kwargs.get("max_gen_toks", self.cfg.max_gen_toks))
+        sampling = None
+        if gen_kwargs.get("do_sample") and float(gen_kwargs.get("temperature", 1.0) or 0) > 0:
+            sampling = float(gen_kwargs.get("temperature", 1.0))
+            if self.cfg.search in ("softreason", "random"):
+                self._warn_once("do_sample", "softreason: the task asks for do_sample; Soft "
+                                "Reasoning decodes its candidates greedily by design")
+        ids = self._encode(context) if context else []
+        if not ids:
+            ids = [self.prefix_token_id]
+        budget = max(1, self.max_length - max_gen_toks - 1)
+        truncated = len(ids) > budget
+        if truncated:
+            self._warn_once("truncated", f"softreason: a prompt of {len(ids)} tokens exceeds the "
+                            f"context window ({self.max_length} - {max_gen_toks} new tokens); "
+                            "keeping its last tokens (stats flag `truncated`)")
+            ids = ids[-budget:]
+        doc = getattr(request, "doc", None)
+        question = doc.get(self.cfg.question_field) if isinstance(doc, dict) else None
+        problem = Problem(
+            prompt_ids=ids, question=str(question) if question else context, until=until,
+            max_gen_toks=max_gen_toks, seed=request_seed(self.cfg.seed, context),
+            answer_type=answer_type, render=self._render_user_turn,
+        )
+        return problem, truncated, sampling
+
+    def _sampled(self, cfg: SoftReasonConfig, engine: DecodingEngine, problem: Problem) -> SearchOutcome:
+        from dataclasses import replace
+
+        one = replace(cfg, n=1, temperature=cfg.temperature)
+        outcome = baselines.self_consistency(one, engine, problem)
+        outcome.stats.search = "sample"
+        return outcome
+
+    def _fallback(self, problem: Problem, exc: Exception) -> SearchOutcome:
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            outcome = baselines.greedy(self.cfg, self.engine, problem)
+        except Exception as exc2:  # even greedy failed: return nothing, keep the run going
+            outcome = SearchOutcome("", RequestStats(search=self.cfg.search))
+            error += f"; greedy fallback failed: {type(exc2).__name__}: {exc2}"
+        outcome.stats.error = error
+        outcome.stats.stop_reason = "fallback"
+        return outcome
+
+    def _account(self, stats: RequestStats) -> None:
+        t = self.totals
+        t["requests"] += 1
+        t["gen_tokens"] += stats.gen_tokens
+        t["prompt_tokens"] += stats.prompt_tokens
+        t["candidates"] += stats.candidates
+        t["rounds"] += stats.rounds
+        t["wall_s"] += stats.wall_s
+        t["bo_s"] += stats.bo_s
+        t["fallbacks"] += stats.stop_reason == "fallback"
+        t["truncated"] += stats.truncated
+
+    def _trace(self, request: Any, problem: Problem, outcome: SearchOutcome) -> None:
+        path = Path(self.cfg.trace_dir) / f"trace_rank{self.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        task, doc_id = (request.metadata[:2] if getattr(request, "metadata", None) else (None, None))
+        record = {"task": task, "doc_id": doc_id, "question": problem.question,
+                  "stats": outcome.stats.to_dict(), **outcome.trace}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    # --- reporting ------------------------------------------------------------------------
+    def get_model_info(self) -> dict:
+        """Lands in the results JSON's ``config``: model, settings and run totals."""
+        return {
+            "model_name": self.model_name,
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(self.model.dtype),
+            "softreason_version": __version__,
+            "softreason_config": self.cfg.to_dict(),
+            "softreason_fingerprint": self.cfg.fingerprint(),
+            "softreason_totals": dict(self.totals),
+        }
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"softreason-{self.cfg.fingerprint()}-" + super().tokenizer_name
