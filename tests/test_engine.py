@@ -1,0 +1,162 @@
+"""The decoding engine: cached prefix, soft first position, stops, accounting, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lm_eval_softreason.engine import DecodingEngine
+
+PROMPT = "Question: Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?"
+
+
+def _peaked(model_dir, seed: int = 0):
+    """The tiny random model with larger weights, so greedy choices are not near-ties."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    # never emit EOS unless a test asks for it, so lengths are predictable
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def engine(request, tiny_model_dir):
+    model, tok = _peaked(tiny_model_dir(request.param))
+    return DecodingEngine(model, tok)
+
+
+@pytest.fixture
+def prompt_ids(engine):
+    return engine.tokenizer(PROMPT)["input_ids"]
+
+
+def _generate(engine, ids, n):
+    out = engine.model.generate(
+        torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+        pad_token_id=engine.tokenizer.pad_token_id,
+    )
+    return out[0, len(ids):].tolist()
+
+
+def test_cached_prefix_greedy_matches_full_generate(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    [cand] = engine.decode(prefix, None, max_new_tokens=12)
+    expected = _generate(engine, prompt_ids, 12)
+    assert cand.token_ids == expected[: len(cand.token_ids)]
+    assert len(cand.token_ids) == 12 or cand.stop_reason == "eos"
+
+
+def test_soft_token_equal_to_greedy_token_embedding_continues_greedy(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    [greedy] = engine.decode(prefix, None, max_new_tokens=8)
+    soft = engine.embed([greedy.token_ids[0]])
+    [cand] = engine.decode(prefix, soft, max_new_tokens=7)
+    assert cand.token_ids == greedy.token_ids[1:8]
+
+
+def test_batch_matches_one_at_a_time(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    gen = torch.Generator().manual_seed(1)
+    soft = torch.randn(5, engine.hidden_size, generator=gen)
+    batch = engine.decode(prefix, soft, max_new_tokens=10)
+    singles = [engine.decode(prefix, soft[i : i + 1], max_new_tokens=10)[0] for i in range(5)]
+    assert [c.token_ids for c in batch] == [c.token_ids for c in singles]
+    for b, s in zip(batch, singles):
+        assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+    assert len({tuple(c.token_ids) for c in batch}) > 1, "different vectors should differ"
+
+
+def test_same_vector_twice_gives_identical_output(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    soft = torch.randn(2, engine.hidden_size, generator=torch.Generator().manual_seed(2))
+    first = engine.decode(prefix, soft, max_new_tokens=10)
+    second = engine.decode(prefix, soft, max_new_tokens=10)
+    assert [c.token_ids for c in first] == [c.token_ids for c in second]
+    assert [c.text for c in first] == [c.text for c in second]
+
+
+def test_prefix_is_prefilled_once_and_accounting_is_exact(engine, prompt_ids):
+    before = engine.stats.copy()
+    prefix = engine.prefill(prompt_ids)
+    soft = torch.randn(3, engine.hidden_size, generator=torch.Generator().manual_seed(3))
+    rounds = [engine.decode(prefix, soft, max_new_tokens=6) for _ in range(3)]
+    plain = engine.decode(prefix, None, max_new_tokens=6)
+    used = engine.stats.since(before)
+    assert used.prefill_tokens == len(prompt_ids)  # never re-encoded per candidate or round
+    produced = sum(len(c.token_ids) for r in rounds for c in r) + len(plain[0].token_ids)
+    assert used.generated_tokens == produced
+    assert used.soft_positions == 9
+    # no EOS here: each soft round is 1 soft pass + 5 token passes, plain is 5, prefill 1
+    assert all(c.stop_reason == "max_tokens" for r in rounds for c in r)
+    assert used.forward_passes == 1 + 3 * 6 + 5
+    assert used.prefill_s > 0 and used.decode_s > 0
+
+
+def test_until_cuts_text_and_stops_counting(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    [free] = engine.decode(prefix, None, max_new_tokens=20)
+    stop = free.text[len(free.text) // 2 :][:2]
+    assert stop, "need some generated text to stop on"
+    before = engine.stats.copy()
+    [cut] = engine.decode(prefix, None, until=[stop], max_new_tokens=20)
+    assert cut.stop_reason == "until"
+    assert stop not in cut.text and free.text.startswith(cut.text)
+    assert len(cut.token_ids) < len(free.token_ids)
+    assert engine.stats.since(before).generated_tokens == len(cut.token_ids)
+
+
+def test_max_new_tokens_is_honoured(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    assert [len(c.token_ids) for c in engine.decode(prefix, None, max_new_tokens=3, n=2)] == [3, 3]
+    before = engine.stats.copy()
+    empty = engine.decode(prefix, torch.zeros(2, engine.hidden_size), max_new_tokens=0)
+    assert [c.token_ids for c in empty] == [[], []] and empty[0].text == ""
+    assert engine.stats.since(before).forward_passes == 0
+
+
+def test_eos_stops_a_row_and_finished_rows_cost_nothing(tiny_model_dir):
+    model, tok = _peaked(tiny_model_dir("llama"))
+    # make EOS the certain next token everywhere
+    bias = torch.zeros(len(tok))
+    bias[tok.eos_token_id] = 1e4
+    model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    engine = DecodingEngine(model, tok)
+    prefix = engine.prefill(tok(PROMPT)["input_ids"])
+    before = engine.stats.copy()
+    cands = engine.decode(prefix, torch.randn(3, engine.hidden_size), max_new_tokens=50)
+    assert [c.stop_reason for c in cands] == ["eos"] * 3
+    assert all(c.token_ids == [] and c.text == "" for c in cands)
+    assert engine.stats.since(before).generated_tokens == 0
+    assert engine.stats.since(before).forward_passes == 1  # the soft position only
+
+
+def test_sampling_is_seeded_and_varied(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    kw = dict(max_new_tokens=8, n=4, sample=True, temperature=1.0)
+    a = engine.decode(prefix, None, seed=7, **kw)
+    b = engine.decode(prefix, None, seed=7, **kw)
+    c = engine.decode(prefix, None, seed=8, **kw)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+    assert len({tuple(x.token_ids) for x in a}) > 1
+
+
+def test_top_p_tiny_keeps_only_the_argmax(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    [greedy] = engine.decode(prefix, None, max_new_tokens=6)
+    sampled = engine.decode(prefix, None, max_new_tokens=6, n=3, sample=True, top_p=1e-6, seed=3)
+    assert all(s.token_ids == greedy.token_ids for s in sampled)
+
+
+def test_coherence_is_mean_token_probability(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    [cand] = engine.decode(prefix, None, max_new_tokens=5)
+    expected = sum(torch.tensor(lp).exp().item() for lp in cand.logprobs) / len(cand.logprobs)
+    assert cand.coherence == pytest.approx(expected)
+    assert 0 < cand.coherence <= 1
