@@ -1,0 +1,1 @@
+"""Search strategies over the soft first-token embedding (the BO loop, baselines, the GP step)."""
