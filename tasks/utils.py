@@ -20,13 +20,13 @@ plain strings (lm-eval's ``hf``, ``vllm``, ...): those do not report tokens, and
 sees the response text, not the tokenizer, so there is no faithful token count to give.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,15 +131,32 @@ def _exemplar_row(row: dict, answer_type: str) -> dict:
 
 # ---------------------------------------------------------------------------------- sources
 
-# name: (file under data_dir, Hub id, Hub config, Hub test split, Hub train split or None,
-#        key in exemplars.json or None, row normaliser)
-SOURCES: dict[str, tuple] = {
-    "svamp": ("svamp/test300.json", "ChilleD/SVAMP", None, "test", "train", "svamp", _svamp_row),
-    "gsm_hard": ("gsm_hard/test.json", "reasoning-machines/gsm-hard", None, "train", None,
-                 "gsm_hard", _gsm_hard_row),
-    "strategyqa": ("strategyqa/test.json", "ChilleD/StrategyQA", None, "test", "train",
-                   "strategyqa", _strategyqa_row),
-    "gsm8k": ("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "train", "gsm8k", _gsm8k_row),
+# (No "from __future__ import annotations" in this file: lm-eval executes it before putting
+# it in sys.modules, and dataclasses then cannot resolve string annotations.)
+@dataclass(frozen=True)
+class Source:
+    """Where one benchmark's rows come from and how they are normalised."""
+
+    local_file: str  # test rows, relative to the data directory
+    hub_id: str
+    hub_config: str | None
+    hub_test_split: str
+    hub_train_split: str | None  # exemplar fallback: its first NUM_EXEMPLARS rows
+    exemplar_key: str  # key in <data_dir>/fewshot/exemplars.json
+    normalise: Callable[[dict], dict]
+    answer_type: str
+    local_train_file: str | None = None  # exemplar fallback before the Hub
+
+
+SOURCES: dict[str, Source] = {
+    "svamp": Source("svamp/test300.json", "ChilleD/SVAMP", None, "test", "train", "svamp",
+                    _svamp_row, "numeric"),
+    "gsm_hard": Source("gsm_hard/test.json", "reasoning-machines/gsm-hard", None, "train", None,
+                       "gsm_hard", _gsm_hard_row, "numeric"),
+    "strategyqa": Source("strategyqa/test.json", "ChilleD/StrategyQA", None, "test", "train",
+                         "strategyqa", _strategyqa_row, "boolean"),
+    "gsm8k": Source("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "train", "gsm8k",
+                    _gsm8k_row, "numeric", local_train_file="gsm8k/train.jsonl"),
 }
 
 
@@ -162,26 +179,27 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return Path(chosen).expanduser() if chosen else None
 
 
-def _load_test_rows(name: str, data_dir: Path | None) -> list[dict]:
-    local_file, hub_id, config, split, *_ = SOURCES[name]
+def _load_test_rows(name: str, source: Source, data_dir: Path | None) -> list[dict]:
     tried = []
     if data_dir is None:
         tried.append(f"no local data directory (metadata 'data_dir' and ${DATA_DIR_ENV} unset)")
     else:
-        path = data_dir / local_file
+        path = data_dir / source.local_file
         if path.is_file():
             return _read_rows(path)
         tried.append(f"local file {path.resolve()}: not found")
-    hub = f"Hub dataset {hub_id!r}" + (f" config {config!r}" if config else "") + f" split {split!r}"
+    hub = f"Hub dataset {source.hub_id!r}" + (
+        f" config {source.hub_config!r}" if source.hub_config else ""
+    ) + f" split {source.hub_test_split!r}"
     try:
-        rows = _hub_rows(hub_id, config, split)
+        rows = _hub_rows(source.hub_id, source.hub_config, source.hub_test_split)
     except Exception as err:  # noqa: BLE001 - any failure is reported with what was tried
         tried.append(f"{hub}: {type(err).__name__}: {err}")
         raise FileNotFoundError(
             f"Cannot load the data of task {name!r}. Tried:\n  - " + "\n  - ".join(tried)
-            + f"\nFix: point to a local copy containing {local_file} with "
+            + f"\nFix: point to a local copy containing {source.local_file} with "
             f"--metadata '{{\"data_dir\": \"/path/to/data\"}}' or ${DATA_DIR_ENV}=/path/to/data, "
-            f"or allow downloading {hub_id!r} from the Hugging Face Hub (network access, "
+            f"or allow downloading {source.hub_id!r} from the Hugging Face Hub (network access, "
             "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE unset)."
         ) from err
     if data_dir is not None:
@@ -189,37 +207,42 @@ def _load_test_rows(name: str, data_dir: Path | None) -> list[dict]:
     return rows
 
 
-def _load_exemplar_rows(name: str, data_dir: Path | None, answer_type: str) -> list[dict]:
-    _, hub_id, config, _, train_split, exemplar_key, normalise = SOURCES[name]
+def _load_exemplars(name: str, source: Source, data_dir: Path | None) -> list[dict]:
+    """The paper's exemplars, else the first rows of a train split (local, then Hub), else []."""
     if data_dir is not None:
         path = data_dir / "fewshot" / "exemplars.json"
-        if path.is_file():
-            exemplars = _read_rows(path).get(exemplar_key, [])
-            return [_exemplar_row(row, answer_type) for row in exemplars]
-    if train_split is not None:
-        try:
-            rows = _hub_rows(hub_id, config, train_split)[:NUM_EXEMPLARS]
-            return [normalise(row) for row in rows]
-        except Exception as err:  # noqa: BLE001 - few-shot is optional, zero-shot still works
-            reason = f"the Hub train split failed ({type(err).__name__}: {err})"
+        if path.is_file() and source.exemplar_key in (exemplars := _read_rows(path)):
+            return [_exemplar_row(row, source.answer_type) for row in exemplars[source.exemplar_key]]
+        if source.local_train_file and (data_dir / source.local_train_file).is_file():
+            rows = _read_rows(data_dir / source.local_train_file)[:NUM_EXEMPLARS]
+            return [source.normalise(row) for row in rows]
+    if source.hub_train_split is None:
+        reason = f"{source.hub_id!r} has no train split"
     else:
-        reason = f"{hub_id!r} has no train split"
+        try:
+            rows = _hub_rows(source.hub_id, source.hub_config, source.hub_train_split)
+            return [source.normalise(row) for row in rows[:NUM_EXEMPLARS]]
+        except Exception as err:  # noqa: BLE001 - few-shot is optional, zero-shot still works
+            reason = f"its Hub train split failed ({type(err).__name__}: {err})"
     logger.warning(
-        "%s: no few-shot exemplars (no <data_dir>/fewshot/exemplars.json and %s); "
-        "--num_fewshot > 0 will fail for this task", name, reason,
+        "%s: no few-shot exemplars (no %r in <data_dir>/fewshot/exemplars.json, and %s); "
+        "--num_fewshot > 0 will fail for this task", name, source.exemplar_key, reason,
     )
     return []
 
 
 def load_task_data(name: str, data_dir: str | os.PathLike | None = None, **_: Any):
-    """``DatasetDict(test=..., fewshot=...)`` of normalised rows for source ``name`` (see SOURCES)."""
+    """``DatasetDict(test=..., fewshot=...)`` of normalised rows for ``SOURCES[name]``.
+
+    ``data_dir`` (the task metadata's, else ``$LM_EVAL_SOFTREASON_DATA``) is tried first, then
+    the Hub; other keyword arguments (lm-eval passes all metadata) are ignored.
+    """
     import datasets
 
+    source = SOURCES[name]
     resolved = resolve_data_dir(data_dir)
-    normalise = SOURCES[name][-1]
-    test = [normalise(row) for row in _load_test_rows(name, resolved)]
-    answer_type = test[0]["answer_type"]
-    fewshot = _load_exemplar_rows(name, resolved, answer_type)
+    test = [source.normalise(row) for row in _load_test_rows(name, source, resolved)]
+    fewshot = _load_exemplars(name, source, resolved)
     return datasets.DatasetDict(
         test=datasets.Dataset.from_list(test), fewshot=datasets.Dataset.from_list(fewshot)
     )
