@@ -1,0 +1,140 @@
+"""Shared test fixtures: repository paths, tiny random-init models, an offline Hub cache.
+
+``tiny_model_dir(arch)`` builds (once per session and architecture) a randomly initialised
+causal LM of a few thousand parameters with a byte-level BPE tokenizer trained here on a few
+strings: it encodes any text, has a ChatML chat template, ``<|im_end|>`` as eos and
+``<|endoftext|>`` as bos/pad. It loads with ``AutoTokenizer``/``AutoModelForCausalLM`` and with
+lm-eval's ``--model hf``, offline. Its output is noise; it exercises plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+TASKS_DIR = REPO_ROOT / "tasks"
+
+TINY_ARCHS = ("llama", "qwen2", "gpt2")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TOKENIZER_CORPUS = (
+    "Question: Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?",
+    "Let's think step by step. 3 + 4 = 7 apples.\nAnswer: 7",
+    "Was the ship named after a battle? Answer: true. Answer: false.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1,000 $ % = + - * /",
+)
+
+
+def build_tiny_tokenizer(vocab_size: int = 384):
+    """A ``PreTrainedTokenizerFast`` (byte-level BPE, ChatML template), built without the Hub."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_TOKENIZER_CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=4096,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _tiny_config(arch: str, tokenizer):
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=4096, **ids)
+    decoder = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        **ids,
+    )
+    if arch == "llama":
+        return LlamaConfig(**decoder)
+    if arch == "qwen2":
+        return Qwen2Config(**decoder)
+    raise ValueError(f"arch must be one of {', '.join(TINY_ARCHS)}, got {arch!r}")
+
+
+def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
+    """Save a random-init ``arch`` causal LM and its tokenizer to ``out_dir``; returns it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = _tiny_config(arch, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(arch="llama") -> Path``: a saved tiny model ("llama", "qwen2", "gpt2"),
+    built on first use and shared by the whole session (treat it as read-only)."""
+    built: dict[str, Path] = {}
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in TINY_ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(TINY_ARCHS)}, got {arch!r}")
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared benchmark data (``../shared/data`` from the repository root)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"benchmark data not found at {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def offline_hf_env(tmp_path_factory, data_dir) -> dict[str, str]:
+    """Environment for a subprocess that loads ``openai/gsm8k`` (config main) offline: a fresh
+    HF_HOME seeded from ``../shared/data/gsm8k`` plus HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1."""
+    from hf_offline import offline_env, seed_gsm8k
+
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    seed_gsm8k(hf_home, data_dir / "gsm8k")
+    return {**os.environ, **offline_env(hf_home)}
