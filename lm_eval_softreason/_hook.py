@@ -21,7 +21,7 @@ MODEL_TARGET = "lm_eval_softreason.lm:SoftReasonLM"
 
 def tasks_dir() -> str:
     """Our task YAMLs: inside the package in a wheel, next to it in a source checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.realpath(__file__))
     packaged = os.path.join(here, "tasks")
     return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "tasks")
 
@@ -62,7 +62,7 @@ def _patch_task_manager(manager) -> None:
         else:
             paths = [include_path]
         ours = tasks_dir()
-        if os.path.isdir(ours) and ours not in [str(p) for p in paths]:
+        if os.path.isdir(ours) and ours not in [os.path.realpath(p) for p in paths]:
             paths.insert(0, ours)  # after builtins, before the user's own paths
         original(self, verbosity, paths or None, include_defaults, metadata, *args, **kwargs)
 

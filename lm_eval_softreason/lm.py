@@ -21,6 +21,8 @@ from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
 from . import __version__
+from .answers import ANSWER_TYPES
+from .cache import isolate_cache
 from .config import SoftReasonConfig
 from .engine import DecodingEngine
 from .loading import load_model_and_tokenizer
@@ -135,7 +137,14 @@ class SoftReasonLM(HFLM):
         return GenerationResult(outcome.text, stats.to_dict())
 
     def _problem(self, context: str, gen_kwargs: dict, request: Any) -> tuple[Problem, bool, float | None]:
-        answer_type = gen_kwargs.pop("answer_type", self.cfg.answer_type)
+        # the task's answer type: a gen_kwargs key (ours, popped before anything else sees it),
+        # else the doc's `answer_type` field (our tasks set it), else the model_args default
+        doc = getattr(request, "doc", None)
+        answer_type = gen_kwargs.pop("answer_type", None) or (
+            doc.get("answer_type") if isinstance(doc, dict) else None) or self.cfg.answer_type
+        if answer_type not in ANSWER_TYPES:
+            raise ValueError(f"softreason: answer_type={answer_type!r} is not allowed; choose "
+                             f"one of {', '.join(ANSWER_TYPES)}")
         unknown = sorted(set(gen_kwargs) - set(_GEN_KWARGS))
         if unknown:
             self._warn_once(f"gen_kwargs:{unknown}", f"softreason: ignoring gen_kwargs {unknown}; "
@@ -159,7 +168,6 @@ class SoftReasonLM(HFLM):
                             f"context window ({self.max_length} - {max_gen_toks} new tokens); "
                             "keeping its last tokens (stats flag `truncated`)")
             ids = ids[-budget:]
-        doc = getattr(request, "doc", None)
         question = doc.get(self.cfg.question_field) if isinstance(doc, dict) else None
         problem = Problem(
             prompt_ids=ids, question=str(question) if question else context, until=until,
@@ -213,6 +221,12 @@ class SoftReasonLM(HFLM):
             self._warned.add(key)
             log.warning(message)
 
+    def set_cache_hook(self, cache_hook: Any) -> None:
+        """lm-eval's --use_cache keys on (prompt, gen_kwargs) only; give each configuration
+        its own table so a changed setting never reuses another configuration's answers."""
+        super().set_cache_hook(cache_hook)
+        isolate_cache(cache_hook, self.cfg.fingerprint())
+
     # --- reporting ------------------------------------------------------------------------
     def get_model_info(self) -> dict:
         """Lands in the results JSON's ``config``: model, settings and run totals."""
@@ -225,7 +239,3 @@ class SoftReasonLM(HFLM):
             "softreason_fingerprint": self.cfg.fingerprint(),
             "softreason_totals": dict(self.totals),
         }
-
-    @property
-    def tokenizer_name(self) -> str:
-        return f"softreason-{self.cfg.fingerprint()}-" + super().tokenizer_name

@@ -1,0 +1,230 @@
+"""The lm-eval adapter: model_args errors, greedy parity with lm-eval's hf model, stats,
+fallbacks, determinism, and the stock CLI in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lm_eval_softreason.lm import SoftReasonLM, request_seed
+from lm_eval_softreason.stats import GenerationResult
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = [
+    "Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?",
+    "Was the ship named after a battle?",
+    "Tom has 10 apples and gives away 3. How many apples are left?",
+]
+
+
+@pytest.fixture(scope="module")
+def peaked_dir(tiny_model_dir, tmp_path_factory):
+    """A tiny llama whose greedy choices are not near-ties (so parity checks mean something)."""
+    src = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    out = tmp_path_factory.mktemp("peaked")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+def _lm(model_dir, **kw):
+    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device="cpu", **kw)
+
+
+def _requests(gen_kwargs=None, questions=QUESTIONS):
+    gk = gen_kwargs or {"until": ["Question:"], "max_gen_toks": 12, "do_sample": False}
+    return [
+        Instance("generate_until", {"question": q}, (f"Question: {q}\nAnswer:", dict(gk)), i,
+                 ("t", i, 1))
+        for i, q in enumerate(questions)
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ({"kk": 3}, "unknown model_args key 'kk'"),
+        ({"k": "0"}, "k=0 must be >= 1"),
+        ({"k": "two"}, "k='two' is not a valid integer"),
+        ({"search": "beam"}, "search='beam' is not allowed; choose one of softreason"),
+        ({"acquisition": "ei"}, "acquisition='ei'"),
+        ({"dtype": "float8"}, "dtype='float8'"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"sigma": "-1"}, "sigma=-1.0 must be > 0"),
+        ({"min_rounds": 4, "max_rounds": 2}, "min_rounds=4 must be <= max_rounds=2"),
+        ({"trust_remote_code": "maybe"}, "trust_remote_code='maybe' is not a valid true/false"),
+    ],
+)
+def test_bad_model_args_fail_at_construction_naming_key_and_value(args, fragment):
+    with pytest.raises(ValueError, match="softreason: ") as err:
+        SoftReasonLM(pretrained="unused", **args)
+    assert fragment in str(err.value)
+
+
+def test_missing_gguf_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        SoftReasonLM(pretrained=str(tmp_path / "nope.gguf"))
+
+
+def test_greedy_matches_lm_eval_hf_model(peaked_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    ours = _lm(peaked_dir, search="greedy").generate_until(_requests(), disable_tqdm=True)
+    hf = HFLM(pretrained=str(peaked_dir), dtype="float32", device="cpu", batch_size=1)
+    theirs = hf.generate_until(_requests(), disable_tqdm=True)
+    assert [str(x) for x in ours] == theirs
+    assert all(x.strip() for x in theirs), "parity on empty strings would prove nothing"
+
+
+def test_softreason_returns_text_with_stats(peaked_dir):
+    lm = _lm(peaked_dir, k=3, max_rounds=2, min_rounds=2, verifier_max_gen_toks=8)
+    [out] = lm.generate_until(_requests(questions=QUESTIONS[:1]), disable_tqdm=True)
+    assert isinstance(out, GenerationResult)
+    s = out.stats
+    assert s["search"] == "softreason" and s["rounds"] == 2 and s["candidates"] == 6
+    assert len(s["candidate_answers"]) == 6 and len(s["rewards"]) == 6
+    assert s["gen_tokens"] == s["candidate_tokens"] + s["verifier_tokens"]
+    assert s["prompt_tokens"] >= len(lm._encode(_requests()[0].args[0]))
+    assert s["forward_passes"] > 0 and s["wall_s"] > 0
+    info = lm.get_model_info()
+    assert info["softreason_totals"]["requests"] == 1
+    assert info["softreason_totals"]["gen_tokens"] == s["gen_tokens"]
+
+
+def test_per_request_results_do_not_depend_on_order(peaked_dir):
+    lm = _lm(peaked_dir, k=2, max_rounds=2, verifier_max_gen_toks=6, search="random")
+    forward = lm.generate_until(_requests(), disable_tqdm=True)
+    backward = lm.generate_until(_requests()[::-1], disable_tqdm=True)[::-1]
+    assert [str(x) for x in forward] == [str(x) for x in backward]
+    assert [x.stats["candidate_answers"] for x in forward] == \
+        [x.stats["candidate_answers"] for x in backward]
+
+
+def test_request_seed_depends_on_seed_and_text_only():
+    assert request_seed(1, "a") == request_seed(1, "a")
+    assert request_seed(1, "a") != request_seed(2, "a") != request_seed(1, "b")
+
+
+def test_a_failing_search_falls_back_to_greedy_and_the_run_goes_on(peaked_dir, monkeypatch):
+    import lm_eval_softreason.lm as lm_module
+
+    lm = _lm(peaked_dir, k=2)
+    calls = []
+
+    def explode(cfg, engine, problem):
+        calls.append(problem)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return lm_module.baselines.greedy(cfg, engine, problem)
+
+    monkeypatch.setitem(lm_module.SEARCHES, "softreason", explode)
+    out = lm.generate_until(_requests(), disable_tqdm=True)
+    assert len(out) == 3
+    assert out[1].stats["stop_reason"] == "fallback"
+    assert "RuntimeError: injected" in out[1].stats["error"]
+    assert out[1] == lm_module.baselines.greedy(lm.cfg, lm.engine, calls[1]).text
+    assert lm.get_model_info()["softreason_totals"]["fallbacks"] == 1
+
+
+def test_over_long_prompt_is_left_truncated_and_flagged(peaked_dir):
+    lm = _lm(peaked_dir, search="greedy", max_length=64)
+    gk = {"until": [], "max_gen_toks": 8}
+    [out] = lm.generate_until(_requests(gk, ["apples " * 200]), disable_tqdm=True)
+    assert out.stats["truncated"] is True
+    assert out.stats["prompt_tokens"] <= 64 - 8
+
+
+def test_trace_dir_writes_one_line_per_request(peaked_dir, tmp_path):
+    lm = _lm(peaked_dir, k=2, max_rounds=2, trace_dir=str(tmp_path), verifier_max_gen_toks=6)
+    lm.generate_until(_requests(), disable_tqdm=True)
+    lines = (tmp_path / "trace_rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    rec = json.loads(lines[0])
+    assert rec["doc_id"] == 0 and len(rec["candidates"]) == 4
+    assert {"x", "text", "answer", "reward", "coherence"} <= set(rec["candidates"][0])
+
+
+def _run(args, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env_extra or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+def test_hook_registers_softreason_and_keeps_builtins():
+    code = ("from lm_eval.api.registry import get_model;"
+            "print(get_model('hf').__name__, get_model('dummy').__name__,"
+            " get_model('softreason').__name__)")
+    out = _run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["HFLM", "DummyLM", "SoftReasonLM"]
+
+
+def test_hook_can_be_turned_off_and_python_m_still_works():
+    code = "from lm_eval.api.registry import get_model; get_model('softreason')"
+    off = _run([sys.executable, "-c", code], {"LM_EVAL_SOFTREASON_NO_HOOK": "1"})
+    assert off.returncode != 0 and "softreason" in off.stderr
+    fallback = _run([sys.executable, "-m", "lm_eval_softreason", "ls", "tasks"],
+                    {"LM_EVAL_SOFTREASON_NO_HOOK": "1"})
+    assert fallback.returncode == 0, fallback.stderr[-2000:]
+    assert "softreason_smoke" in fallback.stdout
+
+
+def test_hook_imports_nothing_heavy_at_start():
+    code = ("import sys; heavy = [m for m in ('torch', 'lm_eval', 'transformers', 'importlib.util')"
+            " if m in sys.modules]; print(heavy, 'lm_eval_softreason._hook' in sys.modules)")
+    out = _run([sys.executable, "-c", code])
+    assert out.stdout.strip() == "[] True"
+
+
+def test_tasks_are_listed_never_shadow_builtins_and_user_paths_win(tmp_path):
+    (tmp_path / "svamp.yaml").write_text(
+        "task: svamp\ndataset_path: json\ndataset_kwargs:\n  data_files: x.json\n"
+        "output_type: generate_until\ntest_split: train\ndoc_to_text: q\ndoc_to_target: a\n"
+    )
+    code = (
+        "import json, sys\nfrom lm_eval.tasks import TaskManager\n"
+        "ours = TaskManager(); base = TaskManager(include_defaults=True)\n"
+        f"user = TaskManager(include_path={str(tmp_path)!r})\n"
+        "print(json.dumps({'ours': [t for t in ('svamp','gsm_hard','strategyqa','gsm8k_sr',"
+        "'softreason_smoke','softreason_paper') if t in ours.all_tasks],"
+        " 'svamp_path': str(user.task_index['svamp'].yaml_path)}))\n"
+    )
+    out = _run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["ours"] == ["svamp", "gsm_hard", "strategyqa", "gsm8k_sr", "softreason_smoke",
+                           "softreason_paper"]
+    assert got["svamp_path"].startswith(str(tmp_path))
+    builtin = _run([sys.executable, "-c",
+                    "from lm_eval.tasks import TaskManager; print('\\n'.join(TaskManager()"
+                    ".all_tasks))"], {"LM_EVAL_SOFTREASON_NO_HOOK": "1"})
+    assert not set(got["ours"]) & set(builtin.stdout.split())
+
+
+def test_stock_cli_runs_softreason_end_to_end(peaked_dir, tmp_path):
+    out = _run([
+        "lm_eval", "--model", "softreason", "--model_args",
+        f"pretrained={peaked_dir},dtype=float32,k=2,max_rounds=2,verifier_max_gen_toks=8",
+        "--tasks", "softreason_smoke", "--limit", "2", "--gen_kwargs", "max_gen_toks=10",
+        "--output_path", str(tmp_path), "--log_samples",
+    ])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "softreason_smoke" in out.stdout and "gen_tokens" in out.stdout
+    [results] = list(tmp_path.rglob("results_*.json"))
+    data = json.loads(results.read_text())
+    assert data["config"]["softreason_totals"]["requests"] == 2
+    assert data["config"]["softreason_config"]["k"] == 2
