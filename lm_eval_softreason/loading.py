@@ -138,3 +138,7 @@ def load_model_and_tokenizer(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name
+
+
+if __name__ == "__main__":  # `python -m lm_eval_softreason.loading`: fetch the embedded model
+    print(embedded_model_path())

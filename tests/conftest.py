@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+# ../shared/data next to the repository, or wherever LM_EVAL_SOFTREASON_DATA points
+DATA_DIR = Path(os.environ.get("LM_EVAL_SOFTREASON_DATA") or REPO_ROOT.parent / "shared" / "data")
 TASKS_DIR = REPO_ROOT / "tasks"
 
 TINY_ARCHS = ("llama", "qwen2", "gpt2")
@@ -124,8 +125,9 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared benchmark data (``../shared/data`` from the repository root)."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA_DIR}")
+    if not DATA_DIR.is_dir():  # a missing data dir is a broken set-up, not a reason to skip
+        pytest.fail(f"benchmark data not found at {DATA_DIR}: clone the repo next to shared/ "
+                    "or set LM_EVAL_SOFTREASON_DATA")
     return DATA_DIR
 
 
