@@ -1,0 +1,192 @@
+"""The Soft Reasoning search against a fake engine: rewards, verifier, vote, tie-breaks,
+ablations, determinism. (The BO loop itself is tested in test_loop.py / test_bo.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lm_eval_softreason.config import SoftReasonConfig
+from lm_eval_softreason.engine import Candidate, EngineStats
+from lm_eval_softreason.search import baselines, softreason
+from lm_eval_softreason.search.problem import Problem
+
+HIDDEN = 16
+
+
+class FakeTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return "" if not ids else "So,"
+
+
+class FakeEngine:
+    """Candidate i's answer is a deterministic function of its soft vector; the verifier
+    (a plain decode of a prompt) always answers ``verdict``."""
+
+    def __init__(self, verdict="3", answer_fn=None, coherence=0.5):
+        self.tokenizer = FakeTokenizer()
+        self.stats = EngineStats()
+        self.verdict = verdict
+        self.answer_fn = answer_fn or (lambda v: int(abs(float(v.sum())) * 3) % 4)
+        self.coherence = coherence
+        self.verifier_prompts: list[list[int]] = []
+        self.hidden_size = HIDDEN
+
+    def embedding_rms(self):
+        return 1.0
+
+    def embed(self, ids):
+        return torch.ones(len(ids), HIDDEN)
+
+    def prefill(self, ids):
+        self.stats.prefill_tokens += len(ids)
+        self.stats.forward_passes += 1
+
+        class P:
+            greedy_token = 7
+            prompt_ids = list(ids)
+
+        return P()
+
+    def decode(self, prefix, soft, *, until=None, max_new_tokens=16, n=1, **kw):
+        lp = float(torch.tensor(self.coherence).log())
+        if soft is None:  # the verifier (or greedy)
+            self.verifier_prompts.append(prefix.prompt_ids)
+            return [Candidate(f"Checked.\nAnswer: {self.verdict}", [1, 2], [lp, lp], "eos")] * n
+        out = []
+        for row in soft:
+            ans = self.answer_fn(row)
+            out.append(Candidate(f" x.\nAnswer: {ans}", [1, 2, 3], [lp] * 3, "eos"))
+        return out
+
+
+def _problem(**kw):
+    return Problem(prompt_ids=[1, 2, 3], question="q?", until=[], max_gen_toks=8, seed=11,
+                   answer_type="numeric", render=lambda text: [9] * 5, **kw)
+
+
+def _cfg(**kw):
+    return replace(SoftReasonConfig(), **{"k": 4, "proj_dim": 6, "max_rounds": 3,
+                                          "min_rounds": 3, **kw})
+
+
+def test_rewards_are_verifier_agreement_plus_coherence():
+    engine = FakeEngine(verdict="3", coherence=0.5)
+    out = softreason.search(_cfg(), engine, _problem())
+    s = out.stats
+    assert s.rounds == 3 and s.candidates == 12
+    for answer, reward in zip(s.candidate_answers, s.rewards):
+        assert reward == pytest.approx((1.0 if answer == 3.0 else 0.0) + 0.5)
+    assert s.verifier_answers == [3.0, 3.0, 3.0]
+    assert s.verifier_tokens == 6 and s.candidate_tokens == 36
+    assert s.prompt_tokens == 3 + 3 * 5  # prompt once + three verifier prompts
+
+
+def test_vote_counts_verifier_answers_and_returns_a_candidate_text_with_it():
+    engine = FakeEngine(verdict="3")
+    out = softreason.search(_cfg(), engine, _problem())
+    votes = out.stats.candidate_answers + out.stats.verifier_answers
+    counts = {a: votes.count(a) for a in set(votes)}
+    assert out.stats.answer == max(counts, key=counts.get)
+    assert out.text.startswith("So,") and f"Answer: {int(out.stats.answer)}" in out.text
+
+
+def test_verifier_text_is_returned_when_only_the_verifier_has_the_winning_answer():
+    fresh = iter(range(100, 200))  # every candidate a different answer: one vote each
+    engine = FakeEngine(verdict="42", answer_fn=lambda v: next(fresh))
+    cfg = _cfg(k=2, max_rounds=2, min_rounds=2)
+    out = softreason.search(cfg, engine, _problem())
+    assert out.stats.answer == 42.0
+    assert out.text.startswith("Checked.")
+
+
+def test_vote_ties_go_to_the_higher_reward():
+    # two answers, two votes each, no verifier: coherence decides the tie
+    engine = FakeEngine()
+    state = softreason._Search(_cfg(w_verifier=0.0), engine, _problem())
+    state.candidates = [
+        {"answer": 1.0, "reward": 0.2, "text": "a1"}, {"answer": 2.0, "reward": 0.9, "text": "b1"},
+        {"answer": 1.0, "reward": 0.3, "text": "a2"}, {"answer": 2.0, "reward": 0.1, "text": "b2"},
+    ]
+    assert state.choose() == "b1" and state.stats.answer == 2.0
+
+
+def test_select_best_returns_the_highest_reward_candidate():
+    engine = FakeEngine()
+    state = softreason._Search(_cfg(select="best"), engine, _problem())
+    state.candidates = [
+        {"answer": 1.0, "reward": 0.2, "text": "a"}, {"answer": 1.0, "reward": 0.3, "text": "a2"},
+        {"answer": 2.0, "reward": 0.9, "text": "b"},
+    ]
+    assert state.choose() == "b"
+
+
+def test_unparsable_answers_never_win():
+    engine = FakeEngine()
+    state = softreason._Search(_cfg(w_verifier=0.0), engine, _problem())
+    state.candidates = [
+        {"answer": None, "reward": 0.9, "text": "n1"}, {"answer": None, "reward": 0.8, "text": "n2"},
+        {"answer": 5.0, "reward": 0.1, "text": "five"},
+    ]
+    assert state.choose() == "five"
+
+
+def test_no_verifier_ablation_makes_no_verifier_call():
+    engine = FakeEngine()
+    out = softreason.search(_cfg(w_verifier=0.0), engine, _problem())
+    assert engine.verifier_prompts == [] and out.stats.verifier_tokens == 0
+    assert all(r == pytest.approx(0.5) for r in out.stats.rewards)
+
+
+def test_verifier_prompt_holds_question_attempts_and_earlier_analyses():
+    seen = []
+    engine = FakeEngine()
+    problem = _problem()
+    problem.render = lambda text: seen.append(text) or [9]
+    softreason.search(_cfg(max_rounds=2, min_rounds=2), engine, problem)
+    assert len(seen) == 2
+    assert "q?" in seen[0] and "Attempt 1:" in seen[0] and "Earlier check" not in seen[0]
+    assert "Earlier check 1:" in seen[1] and "Checked." in seen[1]
+
+
+def test_same_seed_same_result_and_random_shares_round_one():
+    a = softreason.search(_cfg(), FakeEngine(), _problem())
+    b = softreason.search(_cfg(), FakeEngine(), _problem())
+    assert a.text == b.text and a.stats.rewards == b.stats.rewards
+    assert [c["x"] for c in a.trace["candidates"]] == [c["x"] for c in b.trace["candidates"]]
+    r = softreason.search(_cfg(search="random"), FakeEngine(), _problem())
+    assert [c["x"] for c in r.trace["candidates"][:4]] == [c["x"] for c in a.trace["candidates"][:4]]
+
+
+def test_soft_vector_perturbation_has_sigma_per_coordinate():
+    a = softreason.projection(0, 50, 2000)
+    x = torch.randn(200, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    v = softreason.soft_vectors(x, torch.zeros(2000, dtype=torch.float64), a, 0.7)
+    assert float(v.std()) == pytest.approx(0.7, rel=0.05)
+    assert torch.equal(a, softreason.projection(0, 50, 2000))
+
+
+def test_an_error_after_round_one_keeps_what_was_found():
+    engine = FakeEngine()
+    calls = {"n": 0}
+    original = engine.decode
+
+    def flaky(prefix, soft, **kw):
+        if soft is not None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("boom")
+        return original(prefix, soft, **kw)
+
+    engine.decode = flaky
+    out = softreason.search(_cfg(), engine, _problem())
+    assert out.stats.stop_reason == "error" and "boom" in out.stats.error
+    assert out.stats.candidates == 4 and out.text
+
+
+def test_self_consistency_votes_over_samples():
+    engine = FakeEngine(verdict="5")
+    out = baselines.self_consistency(_cfg(n=3), engine, _problem())
+    assert out.stats.candidates == 3 and out.stats.answer == 5.0
