@@ -1,0 +1,6 @@
+"""``python -m lm_eval_softreason.bench ...``: the ``softreason-bench`` command."""
+
+from lm_eval_softreason.bench.runner import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The leaderboard's methods (issue 6) and the named run plans.
+
+A method is a backend plus the ``model_args`` it changes: ``hf`` is lm-eval's own ``hf`` model
+(the independent baseline), ``softreason`` is our model with ``search``/ablation keys set.
+Every softreason-family method shares one loaded model; only ``lm.cfg`` changes between cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    backend: str  # "hf" (lm-eval's hf model) or "softreason"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    what: str = ""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("hf-greedy", "hf", {}, "lm-eval's own hf model, greedy: the independent baseline"),
+    Method("greedy", "softreason", {"search": "greedy"}, "softreason with search=greedy"),
+    Method("sc@5", "softreason", {"search": "sc", "n": 5, "temperature": 0.6},
+           "self-consistency, 5 samples at T=0.6, majority vote"),
+    Method("sc@10", "softreason", {"search": "sc", "n": 10, "temperature": 0.6},
+           "self-consistency, 10 samples at T=0.6, majority vote"),
+    Method("random", "softreason", {"search": "random"},
+           "perturbation + rewards + vote, no GP"),
+    Method("softreason", "softreason", {}, "the full method, defaults"),
+    Method("sr-noverifier", "softreason", {"w_verifier": 0.0}, "ablation: no verifier reward"),
+    Method("sr-nocoherence", "softreason", {"w_coherence": 0.0}, "ablation: no coherence reward"),
+    Method("sr-basezero", "softreason", {"base": "zero"},
+           "pure projection, no token embedding (the released code)"),
+)}
+
+CORE = ("hf-greedy", "greedy", "sc@10", "random", "softreason")
+
+# A plan is a list of (methods, tasks, limit) groups, run in order.
+PLANS: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {
+    # issue 6, the bench model: svamp-50 core five, svamp-30 the rest, gsm8k_sr-30
+    "leaderboard": [
+        (CORE, ("svamp",), 50),
+        (("sc@5", "sr-noverifier", "sr-nocoherence", "sr-basezero"), ("svamp",), 30),
+        (("greedy", "sc@10", "softreason"), ("gsm8k_sr",), 30),
+    ],
+    # issue 6, the embedded SmolLM2: the svamp-50 core five only
+    "core": [(CORE, ("svamp",), 50)],
+}
+
+
+def method(name: str) -> Method:
+    """The method called ``name``; ValueError naming the allowed ones otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]

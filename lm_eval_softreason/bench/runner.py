@@ -1,0 +1,555 @@
+"""``softreason-bench``: run methods x tasks x --limit through lm-eval, resumably.
+
+Each cell (model, task, method) runs one chunk of problems at a time (``--chunk``, default 1)
+through ``lm_eval.simple_evaluate(samples={task: [doc ids]}, log_samples=True)``; every finished
+problem is appended durably to ``results/<model>/<task>/<method>.samples.jsonl`` and the cell
+JSON is rewritten from the records. A rerun skips the doc ids already recorded, so a killed run
+continues where it stopped. The model is loaded once per run: one lm-eval ``hf`` model for
+``hf-greedy``, one ``SoftReasonLM`` for every other method (only ``lm.cfg`` changes; the
+search reads it per request).
+
+Subcommands: ``run`` (the default), ``report`` (LEADERBOARD.md + Pareto plots),
+``regression --record|--check``, ``fetch-model NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..answers import extract_answer, format_answer
+from ..config import SoftReasonConfig
+from . import bench_model as bench_models
+from . import methods as methods_mod
+from . import provenance, records
+from .methods import Method
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_LABEL = "smollm2-135m"
+# SoftReasonConfig keys that do not change answers (kept out of the settings hash)
+_NOT_SETTINGS = ("pretrained", "gguf_file", "device", "trace_dir", "batch_size", "max_batch_size")
+# model_args keys that lm-eval's hf model shares with ours
+_HF_KEYS = ("dtype", "device", "trust_remote_code", "max_length")
+
+
+# ------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class ModelSpec:
+    """The one model of a run: results label, how to load it, and what it is (for the record)."""
+
+    label: str
+    load_args: dict[str, Any]  # SoftReasonLM model_args (pretrained/gguf_file/dtype...)
+    identity: dict[str, Any]  # what the weights are: sha256, source; goes into settings
+
+
+def model_spec(pretrained: str | None = None, bench_model: str | None = None,
+               label: str | None = None, fetch: bool = True) -> ModelSpec:
+    """The embedded default, a named bench model, or any ``pretrained`` path / Hub id."""
+    from .. import loading
+
+    if pretrained and bench_model:
+        raise ValueError("give --pretrained or --bench-model, not both")
+    if bench_model:
+        model = bench_models.bench_model(bench_model)
+        path = bench_models.convert(model) if fetch else model.converted_dir()
+        return ModelSpec(label or model.name, {"pretrained": str(path), "dtype": model.dtype},
+                         bench_models.provenance(model))
+    if pretrained:
+        src = Path(pretrained).expanduser()
+        name = src.stem if src.suffix == ".gguf" else (src.name if src.exists() else pretrained)
+        return ModelSpec(label or name.replace("/", "__"), {"pretrained": pretrained},
+                         {"pretrained": pretrained})
+    return ModelSpec(label or EMBEDDED_LABEL, {},
+                     {"embedded": loading.EMBEDDED_NAME, "wheel": loading.EMBEDDED_WHEEL,
+                      "gguf_file": loading.EMBEDDED_FILE, "gguf_sha256": loading.EMBEDDED_SHA256})
+
+
+def parse_kv(text: str | None) -> dict[str, Any]:
+    """``"a=1,b=x,c=0.5,d=true"`` -> {"a": 1, "b": "x", "c": 0.5, "d": True} (lm-eval's
+    model_args syntax, values typed as lm-eval types them)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r} in {text!r}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        out[key] = _typed(value)
+    return out
+
+
+def _typed(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+# ------------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class Options:
+    results_dir: Path = Path("results")
+    apply_chat_template: bool = True
+    num_fewshot: int | None = None
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    chunk: int = 1
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra keys, every method
+    command: str = ""
+
+
+class Runner:
+    """Runs cells on one model; loads each backend once, lazily, and one backend at a time."""
+
+    def __init__(self, spec: ModelSpec, opts: Options) -> None:
+        self.spec, self.opts = spec, opts
+        from .. import loading
+
+        self.load_args = {**spec.load_args, **opts.model_args}  # the user's keys win
+        cfg = SoftReasonConfig.from_model_args(**self.load_args)
+        # dtype=auto made concrete, so hf-greedy gets the same and the settings say which
+        device = loading.resolve_device(cfg.device)
+        self.load_args["dtype"] = str(loading.resolve_dtype(cfg.dtype, device)).replace(
+            "torch.", "")
+        self.base_cfg = SoftReasonConfig.from_model_args(**self.load_args)
+        self._lms: dict[str, Any] = {}
+        self._task_manager = None
+        self._doc_counts: dict[str, int] = {}
+        self._hf_args: dict[str, Any] | None = None
+        self._builtin = False
+        self.generate_s = 0.0  # time inside the current model's generate_until
+
+    # --- lm-eval objects ------------------------------------------------------------------
+    def task_manager(self):
+        if self._task_manager is None:
+            from lm_eval.tasks import TaskManager
+
+            from .. import _hook
+
+            _hook.install()
+            metadata = {"data_dir": self.opts.data_dir} if self.opts.data_dir else {}
+            self._task_manager = TaskManager(metadata=metadata, include_defaults=False,
+                                             include_path=[_hook.tasks_dir()])
+        return self._task_manager
+
+    def doc_count(self, task: str) -> int:
+        if task not in self._doc_counts:
+            tm = self.task_manager()
+            if task not in tm.all_tasks and not self._builtin:  # a builtin lm-eval task
+                from lm_eval.tasks import TaskManager
+
+                metadata = {"data_dir": self.opts.data_dir} if self.opts.data_dir else {}
+                self._task_manager = tm = TaskManager(metadata=metadata)
+                self._builtin = True
+            loaded = tm.load([task])["tasks"]
+            self._doc_counts[task] = len(loaded[task].eval_docs)
+        return self._doc_counts[task]
+
+    def lm(self, method: Method):
+        """The loaded model for ``method``'s backend (loading it, and freeing the other)."""
+        if method.backend not in self._lms:
+            for other in list(self._lms):
+                del self._lms[other]
+            gc.collect()
+            self._lms[method.backend] = self._timed(self._load(method.backend))
+        lm = self._lms[method.backend]
+        if method.backend == "softreason":
+            lm.cfg = self.cell_cfg(method)
+            lm.totals = {k: 0 * v for k, v in lm.totals.items()}
+        return lm
+
+    def _load(self, backend: str):
+        if backend == "softreason":
+            from ..lm import SoftReasonLM
+
+            return SoftReasonLM(**self.load_args)
+        from lm_eval.api.registry import get_model
+
+        from .. import _hook
+
+        _hook.install()
+        return get_model("hf").create_from_arg_obj(self.hf_model_args())
+
+    def hf_model_args(self) -> dict[str, Any]:
+        """lm-eval ``hf`` model_args for the same weights, dtype and device as softreason."""
+        if self._hf_args is None:
+            self._hf_args = self._resolve_hf_model_args()
+        return dict(self._hf_args)
+
+    def _resolve_hf_model_args(self) -> dict[str, Any]:
+        from .. import loading
+
+        cfg = self.base_cfg
+        source, gguf_file, _ = loading.resolve_source(cfg)
+        device = loading.resolve_device(cfg.device)
+        args: dict[str, Any] = {"pretrained": source, "dtype": cfg.dtype, "device": str(device),
+                                "batch_size": 1, "trust_remote_code": cfg.trust_remote_code}
+        if gguf_file:
+            args["gguf_file"] = gguf_file
+        if cfg.max_length is not None:
+            args["max_length"] = cfg.max_length
+        return args
+
+    def _timed(self, lm):
+        inner = lm.generate_until
+
+        def generate_until(requests, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(requests, *args, **kwargs)
+            finally:
+                self.generate_s += time.perf_counter() - start
+
+        lm.generate_until = generate_until  # lm-eval calls getattr(lm, "generate_until")
+        return lm
+
+    # --- settings ---------------------------------------------------------------------------
+    def cell_cfg(self, method: Method) -> SoftReasonConfig:
+        cfg = replace(self.base_cfg, **method.model_args)
+        cfg.validate()
+        return cfg
+
+    def cell_model_args(self, method: Method) -> dict[str, Any]:
+        if method.backend == "hf":
+            return self.hf_model_args()
+        return self.cell_cfg(method).to_dict()
+
+    def settings(self, method: Method, task: str) -> dict[str, Any]:
+        """Everything that changes a cell's answers; records with other settings never mix."""
+        if method.backend == "hf":
+            args = {k: v for k, v in self.hf_model_args().items()
+                    if k not in ("pretrained", "gguf_file", "device")}
+        else:
+            args = {k: v for k, v in self.cell_cfg(method).to_dict().items()
+                    if k not in _NOT_SETTINGS}
+        return {"model": self.spec.label, "model_identity": self.spec.identity, "task": task,
+                "method": method.name, "backend": method.backend, "model_args": args,
+                "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
+                "apply_chat_template": self.opts.apply_chat_template}
+
+    # --- one cell -----------------------------------------------------------------------------
+    def run_cell(self, method: Method, task: str, limit: int, progress: bool = True) -> dict:
+        """Run the first ``limit`` problems of (task, method), skipping recorded ones; returns
+        the cell JSON (also written to disk)."""
+        paths = records.cell_paths(self.opts.results_dir, self.spec.label, task, method.name)
+        settings = self.settings(method, task)
+        settings_hash = _hash(settings)
+        previous = records.read_cell(paths.json) if paths.json.exists() else None
+        done = records.prepare_for_append(paths)
+        stale = [r for r in done if r.get("settings_hash") != settings_hash]
+        if stale or (previous and previous.get("settings_hash") != settings_hash):
+            raise RuntimeError(
+                f"{paths.samples.parent / method.name}.*: recorded with other settings than "
+                f"this run's ({_settings_diff(previous, settings)}). Move those files away "
+                "(or pick another --results-dir) to recompute the cell.")
+        if previous and previous.get("limit", 0) > limit:
+            limit = previous["limit"]  # a cell never shrinks
+        target = list(range(min(limit, self.doc_count(task))))
+        done_ids = {r["doc_id"] for r in done}
+        todo = [i for i in target if i not in done_ids]
+        cell = self._cell_json(previous, method, task, limit, target, done, settings,
+                               settings_hash, None)
+        if not todo:
+            if not (previous and previous.get("complete")):
+                records.compress_if_large(paths)
+                records.write_cell(paths, cell)
+            return cell
+        lm = self.lm(method)
+        records.write_cell(paths, cell)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(target), initial=len(target) - len(todo), leave=False,
+                   desc=f"{task}/{method.name}", disable=not progress)
+        for start in range(0, len(todo), max(1, self.opts.chunk)):
+            chunk = todo[start:start + max(1, self.opts.chunk)]
+            result, generate_s = self._evaluate(lm, task, chunk)
+            for example in sorted(result["samples"][task], key=lambda e: e["doc_id"]):
+                record = self._record(example, lm, generate_s / len(chunk), len(chunk),
+                                      settings_hash)
+                records.append_sample(paths, record)
+                done.append(record)
+            done.sort(key=lambda r: r["doc_id"])
+            cell = self._cell_json(cell, method, task, limit, target, done, settings,
+                                   settings_hash, result)
+            if len(done) >= len(target):
+                records.compress_if_large(paths)
+            records.write_cell(paths, cell)
+            bar.update(len(chunk))
+        bar.close()
+        return cell
+
+    def _evaluate(self, lm, task: str, doc_ids: list[int]) -> tuple[dict, float]:
+        import lm_eval
+
+        self.generate_s = 0.0
+        result = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], samples={task: list(doc_ids)}, log_samples=True,
+            apply_chat_template=self.opts.apply_chat_template, num_fewshot=self.opts.num_fewshot,
+            gen_kwargs=dict(self.opts.gen_kwargs) or None, task_manager=self.task_manager(),
+            bootstrap_iters=0,
+        )
+        return result, self.generate_s
+
+    def _record(self, example: dict, lm, generate_s: float, chunk_size: int,
+                settings_hash: str) -> dict:
+        """One problem's record: answer, score, candidates and cost (from the logged sample)."""
+        response = example["resps"][0][0]
+        filtered = example["filtered_resps"][0]
+        stats = getattr(response, "stats", None) or getattr(filtered, "stats", None)
+        doc = example["doc"]
+        answer_type = doc.get("answer_type", "auto") if isinstance(doc, dict) else "auto"
+        text = str(filtered)
+        record = {
+            "doc_id": int(example["doc_id"]), "target": example["target"],
+            "question": doc.get("question") if isinstance(doc, dict) else None,
+            "answer": format_answer(extract_answer(text, answer_type)) or None,
+            "response": str(response),
+            "acc": example["acc"], "coverage": example.get("coverage"),
+        }
+        for key in ("gen_tokens", "prompt_tokens", "candidates", "rounds", "wall_s"):
+            record[key] = example.get(key)
+        record["gen_tokens_source"] = "engine"
+        if stats is None:  # a plain-string model (lm-eval's hf): count the returned text
+            record["gen_tokens"] = len(lm.tokenizer(str(response),
+                                                    add_special_tokens=False)["input_ids"])
+            record["gen_tokens_source"] = "retokenized"
+        if text != str(response):
+            record["filtered_response"] = text
+        record.update({"generate_s": generate_s, "chunk_size": chunk_size, "stats": stats,
+                       "doc_hash": example.get("doc_hash"),
+                       "prompt_hash": example.get("prompt_hash"),
+                       "settings_hash": settings_hash, "finished": provenance.now_iso()})
+        return records.clean_floats(record)
+
+    def _cell_json(self, previous: dict | None, method: Method, task: str, limit: int,
+                   target: list[int], done: list[dict], settings: dict, settings_hash: str,
+                   result: dict | None) -> dict:
+        """The self-contained cell record: metrics from the records, settings, provenance."""
+        from .. import loading
+
+        previous = previous or {}
+        in_target = [r for r in done if r["doc_id"] < len(target)]
+        complete = len(in_target) >= len(target)
+        prov = dict(previous.get("provenance") or {})
+        commands = list(prov.get("commands") or [])
+        if self.opts.command and self.opts.command not in commands:
+            commands.append(self.opts.command)
+        now = provenance.now_iso()
+        prov.update({
+            "versions": provenance.versions(), "git": provenance.git_commit(),
+            "device": provenance.device_info(loading.resolve_device(self.base_cfg.device)),
+            "started": prov.get("started") or now, "updated": now,
+            "finished": now if complete else None,
+            "command": self.opts.command or prov.get("command"), "commands": commands,
+        })
+        lm_eval_part = previous.get("lm_eval")
+        if result is not None:
+            lm_eval_part = _lm_eval_summary(result, task)
+        model_args = self.cell_model_args(method)
+        return records.clean_floats({
+            "format": records.CELL_FORMAT, "model": self.spec.label, "task": task,
+            "method": method.name, "what": method.what, "backend": method.backend,
+            "complete": complete, "limit": limit, "n_target": len(target),
+            "n_done": len(in_target), "metrics": records.aggregate(in_target),
+            "model_identity": self.spec.identity, "model_args": model_args,
+            "settings": settings, "settings_hash": settings_hash,
+            "eval": {"apply_chat_template": self.opts.apply_chat_template,
+                     "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
+                     "data_dir": self.opts.data_dir, "chunk": self.opts.chunk},
+            "provenance": prov, "lm_eval": lm_eval_part,
+            "samples_file": records.cell_paths(".", self.spec.label, task,
+                                               method.name).samples.name,
+        })
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _settings_diff(previous: dict | None, settings: dict) -> str:
+    old = (previous or {}).get("settings") or {}
+    flat_old, flat_new = _flatten(old), _flatten(settings)
+    keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+    if not old:
+        return "the cell JSON is missing, the samples carry another settings hash"
+    return "; ".join(f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys[:8])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _lm_eval_summary(result: dict, task: str) -> dict:
+    """lm-eval's own results JSON of the last chunk, without its samples and its (one-chunk)
+    metrics: task config, versions, n-shot, model config, environment."""
+    keep = {k: v for k, v in result.items() if k not in ("samples", "results", "groups")}
+    keep["configs"] = {task: result.get("configs", {}).get(task)}
+    config = dict(keep.get("config") or {})
+    config.pop("softreason_totals", None)  # per chunk; the cell metrics have the totals
+    keep["config"] = config
+    return json.loads(json.dumps(records.clean_floats(keep), default=str))
+
+
+# ------------------------------------------------------------------------------- the CLI
+
+
+class _DropNoise(logging.Filter):
+    """lm-eval repeats these on every call (here: every problem); the cell JSON has both."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Custom kwargs can be passed" in message
+                    or "specified through cli, these settings will update" in message)
+
+
+def _quiet_lm_eval(verbose: bool) -> None:
+    logger = logging.getLogger("lm_eval")
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    for name in ("lm_eval", "lm_eval.api.task", "lm_eval.evaluator"):
+        logging.getLogger(name).addFilter(_DropNoise())
+
+
+def default_data_dir() -> str | None:
+    """``$LM_EVAL_SOFTREASON_DATA``, else ``../shared/data`` next to the checkout, else None."""
+    env = os.environ.get("LM_EVAL_SOFTREASON_DATA")
+    if env:
+        return env
+    candidate = provenance.PACKAGE_ROOT.parent / "shared" / "data"
+    return os.path.relpath(candidate) if candidate.is_dir() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="softreason-bench",
+        description="Run methods x tasks x --limit through lm-eval on one model, resumably. "
+                    "Other subcommands: report, regression, fetch-model.")
+    p.add_argument("--methods", help=f"comma list of: {', '.join(methods_mod.METHODS)}")
+    p.add_argument("--tasks", help="comma list of task names (svamp, gsm8k_sr, ...)")
+    p.add_argument("--limit", type=int, help="first N problems of each task")
+    p.add_argument("--plan", choices=sorted(methods_mod.PLANS),
+                   help="a named matrix (instead of --methods/--tasks/--limit): "
+                        + "; ".join(f"{k}: " + ", ".join(f"{'+'.join(m)} on {'+'.join(t)} x{n}"
+                                                         for m, t, n in v)
+                                    for k, v in methods_mod.PLANS.items()))
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--pretrained", help="any path / Hub id / .gguf (default: embedded model)")
+    model.add_argument("--bench-model", choices=sorted(bench_models.BENCH_MODELS),
+                       help="a named bench model (fetched, verified and converted once)")
+    p.add_argument("--model-label", help="results/<label>/... (default: from the model)")
+    p.add_argument("--model-args", default="", help="extra softreason model_args for every "
+                   "method (k=v,...); dtype/device/max_length also reach hf-greedy")
+    p.add_argument("--gen-kwargs", default="", help="lm-eval gen_kwargs override (k=v,...)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="do not apply the chat template (default: applied)")
+    p.add_argument("--data-dir", default=None, help="benchmark data directory (default: "
+                   "$LM_EVAL_SOFTREASON_DATA, else ../shared/data next to the checkout, else Hub)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--chunk", type=int, default=1,
+                   help="problems per lm-eval call (resume granularity; >1 lets the model batch)")
+    p.add_argument("--list", action="store_true",
+                   help="print the cells and their state; run nothing")
+    p.add_argument("--verbose", action="store_true", help="keep lm-eval's info logging")
+    return p
+
+
+def plan_cells(args: argparse.Namespace) -> list[tuple[Method, str, int]]:
+    """(method, task, limit) cells in run order: hf-greedy first, so each backend loads once."""
+    if args.plan:
+        if args.methods or args.tasks or args.limit:
+            raise ValueError("--plan replaces --methods/--tasks/--limit; give one or the other")
+        groups = methods_mod.PLANS[args.plan]
+    else:
+        if not (args.methods and args.tasks and args.limit):
+            raise ValueError("give --methods, --tasks and --limit (or --plan)")
+        groups = [(tuple(args.methods.split(",")), tuple(args.tasks.split(",")), args.limit)]
+    cells = [(methods_mod.method(m.strip()), t.strip(), n)
+             for ms, ts, n in groups for m in ms for t in ts]
+    return sorted(cells, key=lambda c: c[0].backend != "hf")  # stable within a backend
+
+
+def run(argv: list[str], command: str | None = None) -> int:
+    """The ``run`` subcommand; ``command`` is recorded as the exact command (default: argv)."""
+    args = build_parser().parse_args(argv)
+    _quiet_lm_eval(args.verbose)
+    cells = plan_cells(args)
+    spec = model_spec(args.pretrained, args.bench_model, args.model_label, fetch=not args.list)
+    opts = Options(
+        results_dir=Path(args.results_dir), apply_chat_template=not args.no_chat_template,
+        num_fewshot=args.num_fewshot, gen_kwargs=parse_kv(args.gen_kwargs),
+        data_dir=args.data_dir or default_data_dir(), chunk=args.chunk,
+        model_args=parse_kv(args.model_args),
+        command=command or provenance.command_line(["softreason-bench", *argv]),
+    )
+    if args.list:
+        for m, task, limit in cells:
+            paths = records.cell_paths(opts.results_dir, spec.label, task, m.name)
+            done = len(records.read_samples(paths))
+            print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded")
+        return 0
+    runner = Runner(spec, opts)
+    from tqdm import tqdm
+
+    failed = []
+    for m, task, limit in tqdm(cells, desc=f"cells ({spec.label})", unit="cell"):
+        try:
+            cell = runner.run_cell(m, task, limit)
+        except RuntimeError as err:  # settings clash: say so, run the other cells
+            failed.append(f"{task}/{m.name}: {err}")
+            tqdm.write(f"softreason-bench: skipped {task}/{m.name}: {err}")
+            continue
+        acc, n = cell["metrics"]["acc"], cell["n_done"]
+        tqdm.write(f"{spec.label}/{task}/{m.name}: acc {acc:.3f} (n={n})" if acc is not None
+                   else f"{spec.label}/{task}/{m.name}: nothing recorded")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``softreason-bench [run|report|regression|fetch-model] ...``; returns the exit code."""
+    invoked = provenance.command_line(sys.argv if argv is None else ["softreason-bench", *argv])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
+    if command == "regression":
+        from .regression import main as regression_main
+
+        return regression_main(argv[1:])
+    if command == "fetch-model":
+        return bench_models.main(argv[1:])
+    if command == "run":
+        argv = argv[1:]
+    try:
+        return run(argv, invoked)
+    except ValueError as err:
+        print(f"softreason-bench: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
