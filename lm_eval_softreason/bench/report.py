@@ -1,0 +1,208 @@
+"""``softreason-bench report``: ``results/LEADERBOARD.md`` and ``results/pareto_<task>.png``,
+regenerated from the cell files only (``results/<model>/<task>/<method>.json`` and their
+samples); never edit the outputs by hand.
+
+Per task and model, one row per method: accuracy ± standard error and n, coverage, generated
+tokens, candidates and rounds per problem, wall seconds per problem (timed around the model's
+``generate_until``, the same clock for every method), and tokens and time relative to
+``greedy`` on the problems both ran. A cell that has not finished is listed as
+"incomplete (k/n done)", never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import records
+from .methods import METHODS
+
+HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
+          "rounds / problem", "wall s / problem", "tokens vs greedy", "time vs greedy")
+REFERENCES = ("greedy", "hf-greedy")  # what "relative to greedy" divides by, first found
+
+
+def _method_order(name: str) -> tuple[int, str]:
+    order = list(METHODS)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def load_cells(results_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
+    """{task: {model: {method: cell}}} with each cell's records under ``"_records"`` and, for
+    unfinished cells, ``n_done`` recounted from the samples file (it may run one ahead)."""
+    table: dict[str, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for path, cell in records.iter_cells(results_dir):
+        cell = dict(cell)
+        samples = records.read_samples(records.samples_paths_for(path))
+        cell["_records"] = {r["doc_id"]: r for r in samples if r["doc_id"] < cell["n_target"]}
+        if not cell.get("complete"):
+            cell["n_done"] = len(cell["_records"])
+            cell["complete"] = cell["n_done"] >= cell["n_target"]
+            if cell["complete"]:
+                cell["metrics"] = records.aggregate(list(cell["_records"].values()))
+        table[cell["task"]][cell["model"]][cell["method"]] = cell
+    return table
+
+
+def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None]:
+    """(tokens ratio, time ratio) of ``cell`` over ``reference``, summed over the doc ids both
+    recorded; None where either lacks the numbers."""
+    shared = sorted(set(cell["_records"]) & set(reference["_records"]))
+    ratios = []
+    for key in ("gen_tokens", "generate_s"):
+        mine = [cell["_records"][i].get(key) for i in shared]
+        theirs = [reference["_records"][i].get(key) for i in shared]
+        if not shared or any(v is None for v in mine + theirs) or not sum(theirs):
+            ratios.append(None)
+        else:
+            ratios.append(sum(mine) / sum(theirs))
+    return ratios[0], ratios[1]
+
+
+def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
+    """(same extracted answer, shared problems) between two cells."""
+    shared = sorted(set(a["_records"]) & set(b["_records"]))
+    same = sum(a["_records"][i].get("answer") == b["_records"][i].get("answer") for i in shared)
+    return same, len(shared)
+
+
+def table_rows(cells: dict[str, dict]) -> list[list[str]]:
+    """The leaderboard rows of one (task, model): one per method, in METHODS order."""
+    reference = next((cells[r] for r in REFERENCES if r in cells and cells[r]["_records"]), None)
+    rows = []
+    for name in sorted(cells, key=_method_order):
+        cell = cells[name]
+        if not cell["complete"]:
+            rows.append([f"`{name}`", f"incomplete ({cell['n_done']}/{cell['n_target']} done)",
+                         *["–"] * (len(HEADER) - 2)])
+            continue
+        m = cell["metrics"]
+        tokens_ratio, time_ratio = relative_cost(cell, reference) if reference else (None, None)
+        accuracy = "–" if m["acc"] is None else (
+            f"{m['acc']:.3f} ± {m['acc_stderr']:.3f}" if m.get("acc_stderr") is not None
+            else f"{m['acc']:.3f}")
+        tokens = _num(m["gen_tokens"]) + ("*" if m.get("gen_tokens_source") == "retokenized"
+                                          else "")
+        rows.append([f"`{name}`", accuracy, str(m["n"]), _num(m["coverage"], 3), tokens,
+                     _num(m["candidates"]), _num(m["rounds"]), _num(m["generate_s"]),
+                     _num(tokens_ratio, 2) + ("x" if tokens_ratio is not None else ""),
+                     _num(time_ratio, 2) + ("x" if time_ratio is not None else "")])
+    return rows
+
+
+def _model_line(cells: dict[str, dict]) -> str:
+    any_cell = next(iter(cells.values()))
+    identity = any_cell.get("model_identity") or {}
+    what = identity.get("upstream") or identity.get("embedded") or identity.get("pretrained") or ""
+    dtypes = sorted({str((c.get("settings") or {}).get("model_args", {}).get("dtype"))
+                     for c in cells.values()})
+    prov = any_cell.get("provenance") or {}
+    device = prov.get("device") or {}
+    commits = sorted({((c.get("provenance") or {}).get("git") or {}).get("commit", "?")[:10]
+                      for c in cells.values()})
+    chat = any_cell.get("eval", {}).get("apply_chat_template")
+    shots = any_cell.get("eval", {}).get("num_fewshot") or 0
+    return (f"{what}; dtype {', '.join(dtypes)}; {device.get('device', '?')} "
+            f"({device.get('cpu', '?')}, {device.get('cpu_count', '?')} cores); "
+            f"{shots}-shot, chat template {'on' if chat else 'off'}; "
+            f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
+            f"{prov.get('versions', {}).get('transformers', '?')}; commit {', '.join(commits)}")
+
+
+def render_markdown(table: dict[str, dict[str, dict[str, dict]]]) -> str:
+    lines = ["# Leaderboard", "",
+             "Generated by `softreason-bench report` from `results/<model>/<task>/<method>.json`"
+             " and the per-sample records next to them. Do not edit by hand.", "",
+             "Accuracy is the mean over the first n problems ± its standard error. Costs are "
+             "means per problem. Wall seconds are timed around the model's `generate_until` "
+             "(same clock for every method). \"vs greedy\" divides by the `greedy` cell (else "
+             "`hf-greedy`) on the problems both ran. `*`: lm-eval's `hf` returns plain text, "
+             "so its tokens are the response re-tokenised.", ""]
+    if not table:
+        lines += ["No results yet.", ""]
+    for task in sorted(table):
+        lines += [f"## {task}", ""]
+        for model in sorted(table[task]):
+            cells = table[task][model]
+            lines += [f"### {model}", "", _model_line(cells), "",
+                      "| " + " | ".join(HEADER) + " |",
+                      "|" + "|".join("---" if i == 0 else "---:" for i in range(len(HEADER))) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in table_rows(cells)]
+            lines.append("")
+            if "greedy" in cells and "hf-greedy" in cells:
+                same, shared = answer_agreement(cells["greedy"], cells["hf-greedy"])
+                lines += [f"`greedy` and `hf-greedy` give the same answer on {same}/{shared} "
+                          "shared problems (any difference is a bug).", ""]
+            lines += [f"![accuracy vs tokens, {task}](pareto_{task}.png)", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Path:
+    """Accuracy vs generated tokens per problem, one point per complete method (error bars:
+    standard error), one panel per model; written to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(models)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], names):
+        plotted = 0  # labels step down in turn: coinciding points (greedy, hf-greedy) stay legible
+        for method in sorted(models[model], key=_method_order):
+            cell = models[model][method]
+            m = cell["metrics"]
+            if not cell["complete"] or m["acc"] is None or not m["gen_tokens"]:
+                continue
+            ax.errorbar(m["gen_tokens"], m["acc"], yerr=m.get("acc_stderr") or 0, fmt="o",
+                        capsize=3)
+            ax.annotate(method, (m["gen_tokens"], m["acc"]), textcoords="offset points",
+                        xytext=(6, 4 - 10 * (plotted % 3)), fontsize=8)
+            plotted += 1
+        if plotted:
+            ax.set_xscale("log")
+        ax.set_xlabel("generated tokens per problem")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task}: {model}")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(results_dir: str | Path) -> list[Path]:
+    """Regenerate LEADERBOARD.md and every pareto_<task>.png; returns the written paths."""
+    results_dir = Path(results_dir)
+    table = load_cells(results_dir)
+    written = [results_dir / "LEADERBOARD.md"]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    written[0].write_text(render_markdown(table), encoding="utf-8")
+    for task, models in sorted(table.items()):
+        written.append(plot_pareto(task, models, results_dir / f"pareto_{task}.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="softreason-bench report", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    for path in write_report(args.results_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
