@@ -1,0 +1,119 @@
+"""Engine throughput on random-init Llama-architecture models of real sizes (no Hub needed).
+
+    python benchmarks/gpu_throughput.py --sizes 1b 8b --out results/gpu/<device>.json   # on a GPU
+    python benchmarks/gpu_throughput.py --sizes small                                  # CPU check
+
+Prints, per size: tokens/s for k=5 candidates decoded as one batch vs one at a time; tokens/s
+vs rows decoded together (k x concurrent searches, 1/8/32 searches, all sharing one prompt
+prefix: the upper bound that cross-request batching can reach); the share of a search round's
+wall time that BO (GP fit + acquisition, 25 points) takes; peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lm_eval_softreason.engine import DecodingEngine
+from lm_eval_softreason.search import bo
+
+SIZES = {
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=8192),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256),
+}
+
+
+class _Tok:
+    """Enough tokenizer for the engine: no EOS, no text."""
+
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int, prompt_len: int, k: int) -> dict:
+    torch.manual_seed(0)
+    config = LlamaConfig(max_position_embeddings=4096, **SIZES[size])
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    model.generation_config.eos_token_id = None
+    engine = DecodingEngine(model, _Tok())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, config.vocab_size, (prompt_len,)).tolist()
+    prefix = engine.prefill(ids)
+    base = engine.embed([prefix.greedy_token])
+
+    def rate(rows: int, one_at_a_time: bool = False) -> float:
+        soft = base.repeat(rows, 1) + 0.02 * torch.randn(rows, config.hidden_size, device=device, dtype=dtype)
+        _sync(device)
+        start = time.perf_counter()
+        if one_at_a_time:
+            out = [c for i in range(rows) for c in engine.decode(prefix, soft[i : i + 1], max_new_tokens=new_tokens)]
+        else:
+            out = engine.decode(prefix, soft, max_new_tokens=new_tokens)
+        _sync(device)
+        return sum(len(c.token_ids) for c in out) / (time.perf_counter() - start)
+
+    rate(k)  # warm-up
+    row: dict = {"size": size, "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
+    row["k5_batched_tok_s"] = rate(k)
+    row["k5_one_at_a_time_tok_s"] = rate(k, one_at_a_time=True)
+    for searches in (1, 8, 32):
+        row[f"searches{searches}_tok_s"] = rate(k * searches)
+    start = time.perf_counter()
+    engine.decode(prefix, base.repeat(k, 1), max_new_tokens=new_tokens)
+    _sync(device)
+    round_s = time.perf_counter() - start
+    x = torch.randn(25, 50, dtype=torch.float64)
+    y = torch.rand(25, dtype=torch.float64) * 2
+    start = time.perf_counter()
+    bo.propose(x, y, k, seed=0)
+    bo_s = time.perf_counter() - start
+    row.update(round_s=round_s, bo_s=bo_s, bo_share=bo_s / (bo_s + round_s))
+    if device.type == "cuda":
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del model, engine, prefix
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["small"], choices=list(SIZES))
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=200)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "dtype": str(dtype), "torch": torch.__version__, "new_tokens": args.new_tokens,
+              "prompt_len": args.prompt_len, "rows": []}
+    for size in args.sizes:
+        row = measure(size, device, dtype, args.new_tokens, args.prompt_len, args.k)
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
