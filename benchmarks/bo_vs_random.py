@@ -20,22 +20,9 @@ import torch
 
 from lm_eval_softreason.search import bo
 from lm_eval_softreason.search.loop import RoundOutcome, run_loop
+from lm_eval_softreason.search.synthetic import projected_bump
 
 D = 50
-
-
-def projected_bump(d: int = D, rank: int = 2, width: float = 2.0, centre_norm: float = 2.0):
-    """A deterministic reward function ``x (k x d) -> rewards (k,)`` in [0, 2]."""
-    generator = torch.Generator().manual_seed(1234)
-    projection, _ = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float64))
-    centre = torch.randn(rank, generator=generator, dtype=torch.float64)
-    centre = centre / centre.norm() * centre_norm
-
-    def reward(x: torch.Tensor) -> torch.Tensor:
-        z = x.to(torch.float64) @ projection
-        return 2.0 * torch.exp(-((z - centre) ** 2).sum(-1) / width)
-
-    return reward
 
 
 def run(acquisition: str, seed: int, rounds: int, k: int, objective) -> tuple[float, float, int]:

