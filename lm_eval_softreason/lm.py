@@ -14,6 +14,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,8 @@ class SoftReasonLM(HFLM):
         before = self.engine.stats.copy()
         run = SEARCHES[self.cfg.search]
         if sampling is not None and self.cfg.search == "greedy":
-            run = self._sampled  # the task asked for do_sample: honour it in greedy mode
+            # the task asked for do_sample: honour it (at its temperature) in greedy mode
+            run = partial(self._sampled, temperature=sampling)
         try:
             outcome = run(self.cfg, self.engine, problem)
         except Exception as exc:  # one hard request must not end a long run
@@ -176,10 +179,9 @@ class SoftReasonLM(HFLM):
         )
         return problem, truncated, sampling
 
-    def _sampled(self, cfg: SoftReasonConfig, engine: DecodingEngine, problem: Problem) -> SearchOutcome:
-        from dataclasses import replace
-
-        one = replace(cfg, n=1, temperature=cfg.temperature)
+    def _sampled(self, cfg: SoftReasonConfig, engine: DecodingEngine, problem: Problem,
+                 temperature: float) -> SearchOutcome:
+        one = replace(cfg, n=1, temperature=temperature)
         outcome = baselines.self_consistency(one, engine, problem)
         outcome.stats.search = "sample"
         return outcome

@@ -228,3 +228,15 @@ def test_stock_cli_runs_softreason_end_to_end(peaked_dir, tmp_path):
     data = json.loads(results.read_text())
     assert data["config"]["softreason_totals"]["requests"] == 2
     assert data["config"]["softreason_config"]["k"] == 2
+
+
+def test_greedy_mode_honours_the_tasks_do_sample_and_temperature(peaked_dir):
+    lm = _lm(peaked_dir, search="greedy")
+    cold = {"until": [], "max_gen_toks": 10, "do_sample": True, "temperature": 1e-4}
+    hot = {"until": [], "max_gen_toks": 10, "do_sample": True, "temperature": 50.0}
+    greedy = lm.generate_until(_requests({"until": [], "max_gen_toks": 10}), disable_tqdm=True)
+    assert [str(x) for x in lm.generate_until(_requests(cold), disable_tqdm=True)] == \
+        [str(x) for x in greedy]
+    sampled = lm.generate_until(_requests(hot), disable_tqdm=True)
+    assert [str(x) for x in sampled] != [str(x) for x in greedy]
+    assert sampled[0].stats["search"] == "sample"
