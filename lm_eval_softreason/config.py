@@ -12,12 +12,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, get_type_hints
 
+from .answers import ANSWER_TYPES  # one list of answer types, shared with the parser
+
 SEARCHES = ("softreason", "random", "greedy", "sc")
 ACQUISITIONS = ("logei", "ucb", "pi", "random")
 BASES = ("token", "zero")
 SIGMA_SCALES = ("embedding_rms", "absolute")
 SELECTS = ("vote", "best")
-ANSWER_TYPES = ("auto", "numeric", "boolean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Keys lm-eval itself passes to every model (CLI --batch_size/--device/--max_batch_size) that
