@@ -44,7 +44,7 @@ class SoftReasonConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     max_length: int | None = None  # context window; default: the model config's
-    batch_size: int = 1  # concurrent requests (cross-request batching arrives later)
+    batch_size: int | str = 1  # concurrent searches (cross-request batching); or "auto"
     max_batch_size: int | None = None
     seed: int = 1234
     # --- search ----------------------------------------------------------------------------
@@ -106,12 +106,16 @@ class SoftReasonConfig:
                 "use auto, cpu, mps, cuda or cuda:N"
             )
         for name, low in (("k", 1), ("proj_dim", 1), ("max_rounds", 1), ("min_rounds", 1),
-                          ("n", 1), ("batch_size", 1), ("verifier_max_gen_toks", 1),
+                          ("n", 1), ("verifier_max_gen_toks", 1),
                           ("max_gen_toks", 0)):
             if getattr(self, name) < low:
                 raise ValueError(
                     f"softreason: model_args {name}={getattr(self, name)!r} must be >= {low}"
                 )
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int)
+                                          or self.batch_size < 1):
+            raise ValueError(f"softreason: model_args batch_size={self.batch_size!r} must be "
+                             "an integer >= 1 (concurrent searches) or auto")
         if self.min_rounds > self.max_rounds:
             raise ValueError(
                 f"softreason: model_args min_rounds={self.min_rounds} must be <= "
@@ -170,6 +174,8 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
             return None
         raise ValueError(f"softreason: model_args {key} needs a value, got {raw!r}")
     base = str(hint).replace(" | None", "").replace("Optional[", "").rstrip("]")
+    if key == "batch_size" and text.startswith("auto"):
+        return "auto"  # lm-eval's auto / auto:N: concurrent searches from free memory
     try:
         if "bool" in base:
             if isinstance(raw, bool):
@@ -180,8 +186,6 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
                 return False
             raise ValueError
         if "int" in base:
-            if key == "batch_size" and text.startswith("auto"):
-                return 1  # lm-eval's batch_size=auto: one search at a time on this engine
             value = float(text)
             if isinstance(raw, bool) or not value.is_integer():
                 raise ValueError

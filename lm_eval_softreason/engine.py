@@ -49,6 +49,11 @@ class EngineStats:
     def copy(self) -> "EngineStats":
         return copy.copy(self)
 
+    def add(self, other: "EngineStats") -> None:
+        """Add ``other``'s counts to these, field by field."""
+        for key, value in other.__dict__.items():
+            setattr(self, key, getattr(self, key) + value)
+
     def since(self, start: "EngineStats") -> "EngineStats":
         """The difference ``self - start``, field by field."""
         return EngineStats(**{k: getattr(self, k) - getattr(start, k) for k in self.__dict__})
@@ -73,6 +78,112 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     stop_reason: str | None = None
     text: str = ""
+
+
+@dataclass
+class DecodeCall:
+    """One caller's batch of rows from one prefix: the arguments of ``DecodingEngine.decode``.
+    ``stats``, if given, receives this call's own cost (for callers sharing a merged batch)."""
+
+    prefix: Prefix
+    soft_embeds: torch.Tensor | None = None
+    until: list[str] | None = None
+    max_new_tokens: int = 256
+    n: int = 1
+    sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stats: EngineStats | None = None
+
+
+class _Group:
+    """The decoding state of one DecodeCall inside ``decode_many``."""
+
+    def __init__(self, call: DecodeCall, engine: "DecodingEngine") -> None:
+        self.call, self.engine = call, engine
+        self.until = [u for u in (call.until or []) if u]
+        self.rows_n = call.soft_embeds.shape[0] if call.soft_embeds is not None else call.n
+        self.candidates = [_Row() for _ in range(max(0, self.rows_n))]
+        # nothing to generate: the call finishes empty without touching the model
+        self.rows = self.candidates if call.max_new_tokens > 0 and self.rows_n > 0 else []
+        self.generator = (torch.Generator(device="cpu").manual_seed(call.seed)
+                          if call.sample else None)
+        self.forward_passes = self.soft_positions = self.generated = 0
+        self.cache = self.first_logits = None
+
+    def start(self) -> None:
+        engine, call = self.engine, self.call
+        cache = copy.deepcopy(call.prefix.cache)
+        if self.rows_n > 1:
+            cache.batch_repeat_interleave(self.rows_n)
+        if call.soft_embeds is not None:
+            inputs = call.soft_embeds.to(engine.device, engine.model.dtype).unsqueeze(1)
+            self.first_logits, cache = engine._forward(cache, inputs_embeds=inputs)
+            engine.stats.soft_positions += self.rows_n
+            self.soft_positions, self.forward_passes = self.rows_n, 1
+        else:
+            self.first_logits = call.prefix.next_logits.unsqueeze(0).expand(self.rows_n, -1)
+        self.cache = cache
+
+    def step(self, r: int, token: int, logprobs: torch.Tensor) -> bool:
+        """Append ``token`` to row ``r``; True while the row goes on."""
+        row = self.rows[r]
+        if token in self.engine.eos_ids:
+            row.stop_reason = "eos"
+            return False
+        row.token_ids.append(token)
+        row.logprobs.append(float(logprobs[token]))
+        self.engine.stats.generated_tokens += 1
+        self.generated += 1
+        if self.until and self.engine._hit_until(row, self.until):
+            row.stop_reason = "until"
+        elif len(row.token_ids) >= self.call.max_new_tokens:
+            row.stop_reason = "max_tokens"
+        else:
+            return True
+        return False
+
+    def account(self, elapsed: float) -> None:
+        stats = self.call.stats
+        if stats is not None:
+            stats.soft_positions += self.soft_positions
+            stats.generated_tokens += self.generated
+            stats.forward_passes += self.forward_passes
+            stats.decode_s += elapsed
+
+    def finish(self) -> list[Candidate]:
+        return [self.engine._finish(row, self.until) for row in self.candidates]
+
+
+def _merge_left_padded(caches: list, rows: list[int]) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """One batch from several calls' caches of different lengths: each is left-padded to the
+    longest, the pads masked out, and each row keeps its own positions (as in batched HF
+    generation). Returns (cache, attention mask over the cache, next position of each row)."""
+    from transformers import DynamicCache
+
+    if not all(type(c) is DynamicCache and all(type(layer).__name__ == "DynamicLayer"
+                                               for layer in c.layers) for c in caches):
+        kinds = sorted({type(c).__name__ for c in caches})
+        raise NotImplementedError(f"cross-request batching needs plain DynamicCache caches "
+                                  f"(got {', '.join(kinds)} or non-dynamic layers)")
+    lengths = [c.get_seq_length() for c in caches]
+    longest = max(lengths)
+    merged = DynamicCache()
+    for li in range(len(caches[0].layers)):
+        keys, values = [], []
+        for cache, length in zip(caches, lengths):
+            pad = (0, 0, longest - length, 0)  # left-pad the sequence axis (dim -2)
+            keys.append(torch.nn.functional.pad(cache.layers[li].keys, pad))
+            values.append(torch.nn.functional.pad(cache.layers[li].values, pad))
+        merged.update(torch.cat(keys), torch.cat(values), li)
+    device = caches[0].layers[0].keys.device
+    mask = torch.cat([torch.cat([torch.zeros(n, longest - length, dtype=torch.long),
+                                 torch.ones(n, length, dtype=torch.long)], dim=1)
+                      for length, n in zip(lengths, rows)]).to(device)
+    positions = torch.tensor([length for length, n in zip(lengths, rows) for _ in range(n)],
+                             device=device)
+    return merged, mask, positions
 
 
 class DecodingEngine:
@@ -154,50 +265,72 @@ class DecodingEngine:
         Returns:
             one Candidate per row, in row order.
         """
-        until = [u for u in (until or []) if u]
-        rows_n = soft_embeds.shape[0] if soft_embeds is not None else n
-        rows = [_Row() for _ in range(rows_n)]
-        if max_new_tokens <= 0 or rows_n == 0:
-            return [Candidate("", [], [], "max_tokens") for _ in rows]
+        call = DecodeCall(prefix, soft_embeds, until=until, max_new_tokens=max_new_tokens, n=n,
+                          sample=sample, temperature=temperature, top_p=top_p, seed=seed)
+        return self.decode_many([call])[0]
+
+    @torch.no_grad()
+    def decode_many(self, calls: list["DecodeCall"]) -> list[list[Candidate]]:
+        """Decode several callers' batches (different prefixes) together, one forward pass per
+        step for all their rows: cross-request batching. One call runs exactly as ``decode``;
+        several are merged into one left-padded batch (masked pads, per-row positions), which
+        needs every prefix cache to be a plain ``DynamicCache`` (else NotImplementedError).
+        Each call's ``stats``, if given, gets its own share of the cost."""
         start = time.perf_counter()
-        generator = torch.Generator(device="cpu").manual_seed(seed) if sample else None
-        cache = copy.deepcopy(prefix.cache)
-        if rows_n > 1:
-            cache.batch_repeat_interleave(rows_n)
-        if soft_embeds is not None:
-            inputs = soft_embeds.to(self.device, self.model.dtype).unsqueeze(1)
-            logits, cache = self._forward(cache, inputs_embeds=inputs)
-            self.stats.soft_positions += rows_n
-        else:
-            logits = prefix.next_logits.unsqueeze(0).expand(rows_n, -1)
-        active = list(range(rows_n))  # row index of each batch position
-        while True:
-            logprobs = torch.log_softmax(logits, dim=-1)
-            chosen = self._choose(logits, sample, temperature, top_p, generator)
-            still: list[int] = []
-            for pos, row_i in enumerate(active):
-                row, token = rows[row_i], int(chosen[pos])
-                if token in self.eos_ids:
-                    row.stop_reason = "eos"
-                    continue
-                row.token_ids.append(token)
-                row.logprobs.append(float(logprobs[pos, token]))
-                self.stats.generated_tokens += 1
-                if until and self._hit_until(row, until):
-                    row.stop_reason = "until"
-                elif len(row.token_ids) >= max_new_tokens:
-                    row.stop_reason = "max_tokens"
-                else:
-                    still.append(pos)
-            if not still:
-                break
-            if len(still) < len(active):  # drop finished rows: they cost no more compute
-                cache.batch_select_indices(torch.tensor(still, device=self.device))
-                chosen = chosen[still]
-                active = [active[p] for p in still]
-            logits, cache = self._forward(cache, input_ids=chosen.view(-1, 1).to(self.device))
-        self.stats.decode_s += time.perf_counter() - start
-        return [self._finish(row, until) for row in rows]
+        groups = [_Group(call, self) for call in calls]
+        live = [g for g in groups if g.rows]
+        if live:
+            for g in live:
+                g.start()  # copy the prefix cache; the soft position runs per call
+            if len(live) == 1:
+                cache, mask, positions = live[0].cache, None, None
+            else:
+                cache, mask, positions = _merge_left_padded([g.cache for g in live],
+                                                            [g.rows_n for g in live])
+            logits = torch.cat([g.first_logits for g in live])
+            active = [(g, r) for g in live for r in range(g.rows_n)]
+            while True:
+                chosen = self._choose_rows(logits, active)
+                logprobs = torch.log_softmax(logits, dim=-1)
+                still: list[int] = []
+                for pos, (g, r) in enumerate(active):
+                    if g.step(r, int(chosen[pos]), logprobs[pos]):
+                        still.append(pos)
+                if not still:
+                    break
+                if len(still) < len(active):  # drop finished rows: they cost no more compute
+                    keep = torch.tensor(still, device=self.device)
+                    cache.batch_select_indices(keep)
+                    chosen = chosen[still]
+                    active = [active[p] for p in still]
+                    if mask is not None:
+                        mask, positions = mask[keep], positions[keep]
+                inputs = {"input_ids": chosen.view(-1, 1).to(self.device)}
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+                    inputs.update(attention_mask=mask, position_ids=positions.view(-1, 1))
+                    positions = positions + 1
+                logits, cache = self._forward(cache, **inputs)
+                for g in {g for g, _ in active}:  # every call that took part in this pass
+                    g.forward_passes += 1
+        elapsed = time.perf_counter() - start
+        self.stats.decode_s += elapsed
+        for g in groups:
+            g.account(elapsed)
+        return [g.finish() for g in groups]
+
+    def _choose_rows(self, logits: torch.Tensor, active: list[tuple["_Group", int]]) -> torch.Tensor:
+        """Next token of every active row; a sampling call draws from its own generator over
+        its own rows only, so its draws do not depend on who else is in the batch."""
+        chosen = logits.argmax(dim=-1).cpu()
+        spans: dict[_Group, list[int]] = {}
+        for pos, (g, _) in enumerate(active):
+            if g.call.sample:
+                spans.setdefault(g, []).append(pos)
+        for g, rows in spans.items():
+            c = g.call
+            chosen[rows] = self._choose(logits[rows], True, c.temperature, c.top_p, g.generator)
+        return chosen
 
     @staticmethod
     def _choose(

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from . import __version__
 from .answers import ANSWER_TYPES
 from .cache import isolate_cache
 from .config import SoftReasonConfig
-from .engine import DecodingEngine
+from .engine import DecodingEngine, EngineStats
 from .loading import load_model_and_tokenizer
+from .lockstep import EngineView, auto_slots, run_lockstep
 from .search import baselines, softreason
 from .search.problem import Problem, SearchOutcome
 from .stats import GenerationResult, RequestStats
@@ -42,6 +43,20 @@ SEARCHES: dict[str, Callable[[SoftReasonConfig, DecodingEngine, Problem], Search
 
 # gen_kwargs keys the model understands; `answer_type` is ours and is popped first
 _GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "answer_type")
+
+
+@dataclass
+class _Prepared:
+    """A request made ready for its search (tokenised, checked)."""
+
+    problem: Problem
+    truncated: bool
+    sampling: float | None  # the task's do_sample temperature, if it asked for sampling
+
+
+def _context_and_kwargs(request: Any) -> tuple[str, dict]:
+    context, gen_kwargs = request.args
+    return context, dict(gen_kwargs)
 
 
 def request_seed(seed: int, context: str) -> int:
@@ -104,41 +119,71 @@ class SoftReasonLM(HFLM):
 
     # --- generation -----------------------------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        results = []
-        bar = tqdm(requests, desc=f"softreason ({self.cfg.search})",
+        """One search per request; ``batch_size`` > 1 runs that many searches in lockstep
+        (``lockstep.py``), so each decode step serves all their rows. Results come back in
+        request order and each goes into lm-eval's cache as soon as it is done."""
+        # tokenise every request first, here: bad input fails before any compute
+        prepared = [self._problem(*_context_and_kwargs(r), r) for r in requests]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        slots = self.concurrency(len(requests))
+        bar = tqdm(total=len(requests), desc=f"softreason ({self.cfg.search}, {slots} at once)",
                    disable=disable_tqdm or self.rank != 0)
-        for request in bar:
-            context, gen_kwargs = request.args
-            result = self._generate_one(context, dict(gen_kwargs), request)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), result)
-            results.append(result)
+
+        def done(i: int, outcome: SearchOutcome, engine_stats: EngineStats) -> None:
+            results[i] = self._finish(requests[i], prepared[i], outcome, engine_stats)
+            self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
+            bar.update(1)
+
+        if slots == 1:
+            for i, prep in enumerate(prepared):
+                before = self.engine.stats.copy()
+                outcome = self._search(self.engine, prep)
+                done(i, outcome, self.engine.stats.since(before))
+        else:
+            run_lockstep(self.engine, [partial(self._search, prep=prep) for prep in prepared],
+                         slots, done)
+        bar.close()
         return results
 
-    def _generate_one(self, context: str, gen_kwargs: dict, request: Any) -> GenerationResult:
+    def concurrency(self, n_requests: int) -> int:
+        """Searches in flight: ``batch_size``, or with ``auto`` as many as fit in free memory."""
+        if self.cfg.batch_size != "auto":
+            return min(int(self.cfg.batch_size), max(1, n_requests))
+        rows = {"softreason": self.cfg.k + 1, "random": self.cfg.k + 1, "sc": self.cfg.n}
+        slots = auto_slots(self.engine, rows.get(self.cfg.search, 1), min(self.max_length, 4096),
+                           cap=self.cfg.max_batch_size)
+        return min(slots, max(1, n_requests))
+
+    def _search(self, engine: DecodingEngine | EngineView, prep: "_Prepared") -> SearchOutcome:
+        """Run the configured search; any exception becomes a greedy fallback (one hard
+        request must not end a long run)."""
         start = time.perf_counter()
-        problem, truncated, sampling = self._problem(context, gen_kwargs, request)
-        before = self.engine.stats.copy()
+        problem = prep.problem
         run = SEARCHES[self.cfg.search]
-        if sampling is not None and self.cfg.search == "greedy":
+        if prep.sampling is not None and self.cfg.search == "greedy":
             # the task asked for do_sample: honour it (at its temperature) in greedy mode
-            run = partial(self._sampled, temperature=sampling)
+            run = partial(self._sampled, temperature=prep.sampling)
         try:
-            outcome = run(self.cfg, self.engine, problem)
-        except Exception as exc:  # one hard request must not end a long run
+            outcome = run(self.cfg, engine, problem)
+        except Exception as exc:
             self._warn_once(type(exc).__name__, f"softreason: search failed on a request "
                             f"({type(exc).__name__}: {exc}); falling back to greedy")
-            outcome = self._fallback(problem, exc)
+            outcome = self._fallback(engine, problem, exc)
+        outcome.stats.wall_s = time.perf_counter() - start
+        return outcome
+
+    def _finish(self, request: Any, prep: "_Prepared", outcome: SearchOutcome,
+                engine_stats: EngineStats) -> GenerationResult:
         stats = outcome.stats
-        stats.truncated = truncated
-        stats.forward_passes = self.engine.stats.forward_passes - before.forward_passes
-        stats.wall_s = time.perf_counter() - start
+        stats.truncated = prep.truncated
+        stats.forward_passes = engine_stats.forward_passes
         stats.config_fingerprint = self.cfg.fingerprint()
         self._account(stats)
         if self.cfg.trace_dir:
-            self._trace(request, problem, outcome)
+            self._trace(request, prep.problem, outcome)
         return GenerationResult(outcome.text, stats.to_dict())
 
-    def _problem(self, context: str, gen_kwargs: dict, request: Any) -> tuple[Problem, bool, float | None]:
+    def _problem(self, context: str, gen_kwargs: dict, request: Any) -> "_Prepared":
         # the task's answer type: a gen_kwargs key (ours, popped before anything else sees it),
         # else the doc's `answer_type` field (our tasks set it), else the model_args default
         doc = getattr(request, "doc", None)
@@ -176,7 +221,7 @@ class SoftReasonLM(HFLM):
             max_gen_toks=max_gen_toks, seed=request_seed(self.cfg.seed, context),
             answer_type=answer_type, render=self._render_user_turn,
         )
-        return problem, truncated, sampling
+        return _Prepared(problem, truncated, sampling)
 
     def _sampled(self, cfg: SoftReasonConfig, engine: DecodingEngine, problem: Problem,
                  temperature: float) -> SearchOutcome:
@@ -185,10 +230,11 @@ class SoftReasonLM(HFLM):
         outcome.stats.search = "sample"
         return outcome
 
-    def _fallback(self, problem: Problem, exc: Exception) -> SearchOutcome:
+    def _fallback(self, engine: DecodingEngine | EngineView, problem: Problem,
+                  exc: Exception) -> SearchOutcome:
         error = f"{type(exc).__name__}: {exc}"
         try:
-            outcome = baselines.greedy(self.cfg, self.engine, problem)
+            outcome = baselines.greedy(self.cfg, engine, problem)
         except Exception as exc2:  # even greedy failed: return nothing, keep the run going
             outcome = SearchOutcome("", RequestStats(search=self.cfg.search))
             error += f"; greedy fallback failed: {type(exc2).__name__}: {exc2}"

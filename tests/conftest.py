@@ -140,3 +140,22 @@ def offline_hf_env(tmp_path_factory, data_dir) -> dict[str, str]:
     hf_home = tmp_path_factory.mktemp("hf_home")
     seed_gsm8k(hf_home, data_dir / "gsm8k")
     return {**os.environ, **offline_env(hf_home)}
+
+
+@pytest.fixture(scope="session")
+def peaked_dir(tiny_model_dir, tmp_path_factory):
+    """A tiny llama whose greedy choices are not near-ties (so parity checks mean something)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    out = tmp_path_factory.mktemp("peaked")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out

@@ -160,3 +160,72 @@ def test_coherence_is_mean_token_probability(engine, prompt_ids):
     expected = sum(torch.tensor(lp).exp().item() for lp in cand.logprobs) / len(cand.logprobs)
     assert cand.coherence == pytest.approx(expected)
     assert 0 < cand.coherence <= 1
+
+
+# --- cross-request batching: several calls (different prefixes) in one batch ------------------
+
+
+def _calls(engine, prompt_ids):
+    """Mixed calls: different prompt lengths, soft and plain, greedy and sampled, own stops."""
+    from lm_eval_softreason.engine import DecodeCall
+
+    short = engine.prefill(prompt_ids[:5])
+    long = engine.prefill(prompt_ids)
+    mid = engine.prefill(prompt_ids[3:12])
+    soft = engine.embed([prompt_ids[0]] * 3) + 0.5 * torch.randn(3, engine.hidden_size,
+                                                               generator=torch.Generator().manual_seed(1))
+    return [
+        DecodeCall(long, soft, max_new_tokens=9),
+        DecodeCall(short, None, max_new_tokens=12),
+        DecodeCall(mid, soft[:2], max_new_tokens=5),
+        DecodeCall(short, None, n=3, sample=True, temperature=0.8, seed=7, max_new_tokens=8),
+        DecodeCall(long, None, max_new_tokens=0),
+    ]
+
+
+def test_decode_many_equals_one_call_at_a_time(engine, prompt_ids):
+    calls = _calls(engine, prompt_ids)
+    alone = [engine.decode_many([c]) [0] for c in calls]
+    together = engine.decode_many(calls)
+    assert [[c.token_ids for c in group] for group in together] == \
+           [[c.token_ids for c in group] for group in alone]
+    assert [[c.text for c in group] for group in together] == \
+           [[c.text for c in group] for group in alone]
+    for merged, single in zip(together, alone):
+        for a, b in zip(merged, single):
+            assert a.stop_reason == b.stop_reason
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert [len(g) for g in together] == [3, 1, 2, 3, 1]
+    assert together[-1][0].token_ids == []
+
+
+def test_decode_many_uses_one_forward_per_step_and_splits_cost(engine, prompt_ids):
+    from lm_eval_softreason.engine import EngineStats
+
+    calls = _calls(engine, prompt_ids)
+    for c in calls:
+        c.stats = EngineStats()
+    before = engine.stats.copy()
+    out = engine.decode_many(calls)
+    used = engine.stats.since(before)
+    # soft positions run per call (2 passes), then one pass per step for everyone: the longest
+    # row (12 tokens) needs 11 more passes
+    assert used.forward_passes == 2 + 11
+    assert used.generated_tokens == sum(len(c.token_ids) for g in out for c in g)
+    for call, group in zip(calls, out):
+        assert call.stats.generated_tokens == sum(len(c.token_ids) for c in group)
+    assert [c.stats.soft_positions for c in calls] == [3, 0, 2, 0, 0]
+    assert calls[2].stats.forward_passes == 1 + 4  # soft pass + 4 shared steps (5 tokens)
+    assert calls[4].stats.forward_passes == 0
+
+
+def test_decode_many_refuses_caches_it_cannot_merge(engine, prompt_ids):
+    from lm_eval_softreason.engine import DecodeCall
+
+    prefix = engine.prefill(prompt_ids)
+    odd = type("OddCache", (), {})()
+    with pytest.raises(NotImplementedError, match="DynamicCache"):
+        from lm_eval_softreason.engine import _merge_left_padded
+
+        _merge_left_padded([prefix.cache, odd], [1, 1])
+    assert engine.decode_many([DecodeCall(prefix, None, max_new_tokens=2)])[0][0].token_ids

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from lm_eval.api.instance import Instance
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lm_eval_softreason.lm import SoftReasonLM, request_seed
 from lm_eval_softreason.stats import GenerationResult
@@ -23,22 +22,6 @@ QUESTIONS = [
     "Was the ship named after a battle?",
     "Tom has 10 apples and gives away 3. How many apples are left?",
 ]
-
-
-@pytest.fixture(scope="module")
-def peaked_dir(tiny_model_dir, tmp_path_factory):
-    """A tiny llama whose greedy choices are not near-ties (so parity checks mean something)."""
-    src = tiny_model_dir("llama")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    out = tmp_path_factory.mktemp("peaked")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
 
 
 def _lm(model_dir, **kw):

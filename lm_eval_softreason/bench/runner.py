@@ -64,7 +64,7 @@ def model_spec(pretrained: str | None = None, bench_model: str | None = None,
     if bench_model:
         model = bench_models.bench_model(bench_model)
         path = bench_models.convert(model) if fetch else model.converted_dir()
-        return ModelSpec(label or model.name, {"pretrained": str(path), "dtype": model.dtype},
+        return ModelSpec(label or model.name, {"pretrained": str(path), "dtype": model.resolved_dtype()},
                          bench_models.provenance(model))
     if pretrained:
         src = Path(pretrained).expanduser()

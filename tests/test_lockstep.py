@@ -1,0 +1,146 @@
+"""Cross-request batching: searches in lockstep give the same per-request results as one at a
+time, share forward passes, refill freed slots, and keep one failure to its own request."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from lm_eval_softreason import lockstep
+from lm_eval_softreason.lm import SoftReasonLM
+
+QUESTIONS = [
+    "Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?",
+    "Was the ship named after a battle?",
+    "Tom has 10 apples and gives away 3. How many apples are left?",
+    "1 + 2 = ?",
+    "There are 100 apples and 7 are eaten. How many are left? Answer: 93",
+    "How many apples? 0 1 2 3 4 5 6 7 8 9",
+    "Tom",
+]
+# short runs that still exercise rounds, BO, the verifier and votes
+SEARCH_ARGS = {"k": 3, "max_rounds": 3, "min_rounds": 2, "verifier_max_gen_toks": 8}
+
+
+def _lm(model_dir, **kw) -> SoftReasonLM:
+    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device="cpu", **kw)
+
+
+def _requests(questions=QUESTIONS, max_gen_toks: int = 10) -> list[Instance]:
+    gk = {"until": ["Question:"], "max_gen_toks": max_gen_toks, "do_sample": False}
+    return [Instance("generate_until", {"question": q}, (f"Question: {q}\nAnswer:", dict(gk)),
+                     i, ("t", i, 1)) for i, q in enumerate(questions)]
+
+
+def _same_per_request(a, b) -> None:
+    """Text, answers, rounds and token counts equal; rewards equal up to float32 rounding (a
+    padded batch sums in another order); timings and shared forward passes aside."""
+    assert [str(x) for x in a] == [str(x) for x in b]
+    varying = ("wall_s", "decode_s", "verify_s", "bo_s", "forward_passes", "rewards")
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.stats.items() if k not in varying} == \
+               {k: v for k, v in y.stats.items() if k not in varying}
+        assert x.stats["rewards"] == pytest.approx(y.stats["rewards"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("search, extra", [
+    ("softreason", SEARCH_ARGS),
+    ("random", SEARCH_ARGS),
+    ("sc", {"n": 3, "temperature": 0.7}),
+    ("greedy", {}),
+])
+def test_lockstep_results_equal_one_at_a_time(peaked_dir, search, extra):
+    lm = _lm(peaked_dir, search=search, **extra)
+    alone = lm.generate_until(_requests(), disable_tqdm=True)
+    lm.cfg.batch_size = 3  # 7 requests through 3 slots: every slot is refilled at least once
+    together = lm.generate_until(_requests(), disable_tqdm=True)
+    _same_per_request(alone, together)
+
+
+def test_lockstep_results_do_not_depend_on_request_order(peaked_dir):
+    lm = _lm(peaked_dir, batch_size=4, **SEARCH_ARGS)
+    forward = lm.generate_until(_requests(), disable_tqdm=True)
+    order = list(range(len(QUESTIONS)))
+    random.Random(3).shuffle(order)
+    shuffled = lm.generate_until(_requests([QUESTIONS[i] for i in order]), disable_tqdm=True)
+    _same_per_request([forward[i] for i in order], shuffled)
+
+
+def test_lockstep_shares_forward_passes(peaked_dir):
+    lm = _lm(peaked_dir, search="greedy")
+    before = lm.engine.stats.copy()
+    lm.generate_until(_requests(max_gen_toks=16), disable_tqdm=True)
+    alone = lm.engine.stats.since(before)
+    lm.cfg.batch_size = 7
+    before = lm.engine.stats.copy()
+    out = lm.generate_until(_requests(max_gen_toks=16), disable_tqdm=True)
+    together = lm.engine.stats.since(before)
+    assert together.generated_tokens == alone.generated_tokens
+    # each request prefills once (one pass); then one pass per step serves every request:
+    # the longest request's decode passes, not their sum
+    decode_passes = [x.stats["forward_passes"] - 1 for x in out]
+    assert together.forward_passes == len(out) + max(decode_passes)
+    assert alone.forward_passes == len(out) + sum(decode_passes)
+    assert together.forward_passes < alone.forward_passes / 3
+
+
+def test_a_failing_search_in_lockstep_falls_back_alone(peaked_dir, monkeypatch):
+    import lm_eval_softreason.lm as lm_module
+
+    lm = _lm(peaked_dir, batch_size=3, **SEARCH_ARGS)
+    clean = lm.generate_until(_requests(), disable_tqdm=True)
+    real = lm_module.SEARCHES["softreason"]
+
+    def explode(cfg, engine, problem):
+        if "gives away" in problem.question:
+            engine.decode(engine.prefill(problem.prompt_ids), None, max_new_tokens=2)
+            raise RuntimeError("injected")
+        return real(cfg, engine, problem)
+
+    monkeypatch.setitem(lm_module.SEARCHES, "softreason", explode)
+    out = lm.generate_until(_requests(), disable_tqdm=True)
+    assert out[2].stats["stop_reason"] == "fallback"
+    assert "RuntimeError: injected" in out[2].stats["error"]
+    _same_per_request(clean[:2] + clean[3:], out[:2] + out[3:])
+
+
+def test_a_merged_batch_that_raises_is_retried_call_by_call(peaked_dir, monkeypatch):
+    """A decode that fails only when merged (say, out of memory) costs nothing but time; a
+    decode that fails alone fails only its own request."""
+    lm = _lm(peaked_dir, search="greedy", batch_size=4)
+    clean = lm.generate_until(_requests(), disable_tqdm=True)
+    real = lm.engine.decode_many
+
+    def flaky(calls):
+        if len(calls) > 1:
+            raise RuntimeError("merged batch too big")
+        if calls[0].prefix.prompt_ids == bad_ids:
+            raise RuntimeError("this one is bad")
+        return real(calls)
+
+    bad_ids = lm._encode(_requests()[3].args[0])
+    monkeypatch.setattr(lm.engine, "decode_many", flaky)
+    out = lm.generate_until(_requests(), disable_tqdm=True)
+    assert [str(x) for i, x in enumerate(out) if i != 3] == \
+           [str(x) for i, x in enumerate(clean) if i != 3]
+    assert out[3].stats["stop_reason"] == "fallback" and out[3] == ""
+    assert "this one is bad" in out[3].stats["error"]
+
+
+def test_batch_size_auto_and_bad_values(peaked_dir):
+    lm = _lm(peaked_dir, batch_size="auto")
+    assert lm.cfg.batch_size == "auto"
+    assert 1 <= lm.concurrency(100) <= 8  # CPU cap
+    assert lm.concurrency(2) <= 2  # never more slots than requests
+    assert lockstep.auto_slots(lm.engine, rows=6, positions=4096, cap=3) == 3
+    with pytest.raises(ValueError, match="batch_size='many' is not a valid integer"):
+        SoftReasonLM(pretrained="unused", batch_size="many")
+    with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
+        SoftReasonLM(pretrained="unused", batch_size=0)
+
+
+def test_run_lockstep_refuses_zero_slots():
+    with pytest.raises(ValueError, match="slots must be >= 1"):
+        lockstep.run_lockstep(None, [], 0, lambda *a: None)
