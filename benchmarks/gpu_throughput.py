@@ -4,8 +4,9 @@
     python benchmarks/gpu_throughput.py --sizes small                                  # CPU check
 
 Prints, per size: tokens/s for k=5 candidates decoded as one batch vs one at a time; tokens/s
-vs rows decoded together (k x concurrent searches, 1/8/32 searches, all sharing one prompt
-prefix: the upper bound that cross-request batching can reach); the share of a search round's
+vs concurrent searches (1/8/32 searches of k rows each, every search with its own prompt of a
+different length, merged by ``DecodingEngine.decode_many`` as cross-request batching does);
+the share of a search round's
 wall time that BO (GP fit + acquisition, 25 points) takes; peak GPU memory.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lm_eval_softreason.engine import DecodingEngine
+from lm_eval_softreason.engine import DecodeCall, DecodingEngine
 from lm_eval_softreason.search import bo
 
 SIZES = {
@@ -69,12 +70,26 @@ def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int
         _sync(device)
         return sum(len(c.token_ids) for c in out) / (time.perf_counter() - start)
 
+    def concurrent_rate(searches: int) -> float:
+        gen = torch.Generator().manual_seed(searches)
+        prefixes = [engine.prefill(torch.randint(0, config.vocab_size, (n,), generator=gen).tolist())
+                    for n in torch.randint(prompt_len * 8 // 10, prompt_len * 12 // 10 + 1, (searches,),
+                                           generator=gen).tolist()]
+        calls = [DecodeCall(p, engine.embed([p.greedy_token]).repeat(k, 1)
+                            + 0.02 * torch.randn(k, config.hidden_size, device=device, dtype=dtype),
+                            max_new_tokens=new_tokens) for p in prefixes]
+        _sync(device)
+        start = time.perf_counter()
+        out = engine.decode_many(calls)
+        _sync(device)
+        return sum(len(c.token_ids) for group in out for c in group) / (time.perf_counter() - start)
+
     rate(k)  # warm-up
     row: dict = {"size": size, "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
     row["k5_batched_tok_s"] = rate(k)
     row["k5_one_at_a_time_tok_s"] = rate(k, one_at_a_time=True)
     for searches in (1, 8, 32):
-        row[f"searches{searches}_tok_s"] = rate(k * searches)
+        row[f"searches{searches}_tok_s"] = concurrent_rate(searches)
     start = time.perf_counter()
     engine.decode(prefix, base.repeat(k, 1), max_new_tokens=new_tokens)
     _sync(device)

@@ -21,7 +21,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .answers import ANSWER_TYPES
 from .cache import isolate_cache
 from .config import SoftReasonConfig
@@ -54,14 +54,37 @@ class _Prepared:
     sampling: float | None  # the task's do_sample temperature, if it asked for sampling
 
 
+def _unique_requests(requests: list) -> tuple[list[tuple[Any, int]], list[int]]:
+    """(request, repeat index) to run, and for each input position the run that answers it.
+
+    The k-th occurrence of one Instance object is its repeat k while k < ``instance.repeats``;
+    later occurrences are lm-eval's rank padding and reuse repeat ``k % repeats``."""
+    unique: list[tuple[Any, int]] = []
+    runs: dict[tuple[int, int], int] = {}
+    seen: dict[int, int] = {}
+    source = []
+    for request in requests:
+        k = seen.get(id(request), 0)
+        seen[id(request)] = k + 1
+        repeat = k % max(1, int(getattr(request, "repeats", 1) or 1))
+        key = (id(request), repeat)
+        if key not in runs:
+            runs[key] = len(unique)
+            unique.append((request, repeat))
+        source.append(runs[key])
+    return unique, source
+
+
 def _context_and_kwargs(request: Any) -> tuple[str, dict]:
     context, gen_kwargs = request.args
     return context, dict(gen_kwargs)
 
 
-def request_seed(seed: int, context: str) -> int:
-    """Per-request seed from (config seed, request text): independent of order and sharding."""
-    digest = hashlib.sha256(f"{seed}\x00{context}".encode()).digest()
+def request_seed(seed: int, context: str, repeat: int = 0) -> int:
+    """Per-request seed from (config seed, request text, repeat index): independent of order
+    and sharding; the repeats of a task with ``repeats: N`` get N different seeds."""
+    key = f"{seed}\x00{context}" + (f"\x00{repeat}" if repeat else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
@@ -70,11 +93,17 @@ class SoftReasonLM(HFLM):
 
     def __init__(self, **model_args: Any) -> None:
         self.cfg = SoftReasonConfig.from_model_args(**model_args)
+        accelerator = distributed.start(self.cfg.device)  # torchrun / accelerate launch with N processes
+        self.cfg = replace(self.cfg, device=distributed.rank_device(self.cfg.device, accelerator))
         model, tokenizer, self.model_name = load_model_and_tokenizer(self.cfg)
         super().__init__(
             pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.batch_size,
             max_length=self.cfg.max_length,
         )
+        if accelerator is not None:  # what HFLM skips for a preloaded model
+            self.accelerator = accelerator
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        self._all_rank_totals: list[dict[str, float]] | None = None
         self.engine = DecodingEngine(self.model, self.tokenizer)
         self._chat_used = False
         self._warned: set[str] = set()
@@ -122,16 +151,24 @@ class SoftReasonLM(HFLM):
         """One search per request; ``batch_size`` > 1 runs that many searches in lockstep
         (``lockstep.py``), so each decode step serves all their rows. Results come back in
         request order and each goes into lm-eval's cache as soon as it is done."""
+        # lm-eval passes a task's `repeats` as the same Instance N times (each a new sample),
+        # and in multi-process runs appends copies of a rank's last request beyond that to even
+        # out the ranks: those copies are answered from their original, never run or counted
+        unique, source = _unique_requests(requests)
         # tokenise every request first, here: bad input fails before any compute
-        prepared = [self._problem(*_context_and_kwargs(r), r) for r in requests]
-        results: list[GenerationResult | None] = [None] * len(requests)
-        slots = self.concurrency(len(requests))
-        bar = tqdm(total=len(requests), desc=f"softreason ({self.cfg.search}, {slots} at once)",
+        prepared = [self._problem(*_context_and_kwargs(r), r, repeat) for r, repeat in unique]
+        results: list[GenerationResult | None] = [None] * len(unique)
+        slots = self.concurrency(len(unique))
+        bar = tqdm(total=len(unique), desc=f"softreason ({self.cfg.search}, {slots} at once)",
                    disable=disable_tqdm or self.rank != 0)
 
         def done(i: int, outcome: SearchOutcome, engine_stats: EngineStats) -> None:
-            results[i] = self._finish(requests[i], prepared[i], outcome, engine_stats)
-            self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
+            request = unique[i][0]
+            results[i] = self._finish(prepared[i], outcome, engine_stats)
+            # into lm-eval's cache at once: a killed run resumes from here (--use_cache)
+            self.cache_hook.add_partial("generate_until", request.args, results[i])
+            if self.cfg.trace_dir:
+                self._trace(request, prepared[i].problem, outcome)
             bar.update(1)
 
         if slots == 1:
@@ -143,7 +180,7 @@ class SoftReasonLM(HFLM):
             run_lockstep(self.engine, [partial(self._search, prep=prep) for prep in prepared],
                          slots, done)
         bar.close()
-        return results
+        return [results[i] for i in source]
 
     def concurrency(self, n_requests: int) -> int:
         """Searches in flight: ``batch_size``, or with ``auto`` as many as fit in free memory."""
@@ -172,18 +209,17 @@ class SoftReasonLM(HFLM):
         outcome.stats.wall_s = time.perf_counter() - start
         return outcome
 
-    def _finish(self, request: Any, prep: "_Prepared", outcome: SearchOutcome,
+    def _finish(self, prep: "_Prepared", outcome: SearchOutcome,
                 engine_stats: EngineStats) -> GenerationResult:
         stats = outcome.stats
         stats.truncated = prep.truncated
         stats.forward_passes = engine_stats.forward_passes
         stats.config_fingerprint = self.cfg.fingerprint()
         self._account(stats)
-        if self.cfg.trace_dir:
-            self._trace(request, prep.problem, outcome)
         return GenerationResult(outcome.text, stats.to_dict())
 
-    def _problem(self, context: str, gen_kwargs: dict, request: Any) -> "_Prepared":
+    def _problem(self, context: str, gen_kwargs: dict, request: Any,
+                 repeat: int = 0) -> "_Prepared":
         # the task's answer type: a gen_kwargs key (ours, popped before anything else sees it),
         # else the doc's `answer_type` field (our tasks set it), else the model_args default
         doc = getattr(request, "doc", None)
@@ -218,7 +254,7 @@ class SoftReasonLM(HFLM):
         question = doc.get(self.cfg.question_field) if isinstance(doc, dict) else None
         problem = Problem(
             prompt_ids=ids, question=str(question) if question else context, until=until,
-            max_gen_toks=max_gen_toks, seed=request_seed(self.cfg.seed, context),
+            max_gen_toks=max_gen_toks, seed=request_seed(self.cfg.seed, context, repeat),
             answer_type=answer_type, render=self._render_user_turn,
         )
         return _Prepared(problem, truncated, sampling)
@@ -275,6 +311,17 @@ class SoftReasonLM(HFLM):
         isolate_cache(cache_hook, self.cfg.fingerprint())
 
     # --- reporting ------------------------------------------------------------------------
+    def gather_object(self, obj: Any, dst: int = 0) -> list | None:
+        """HFLM's, plus this rank's run totals to ``dst`` on the same occasion: lm-eval calls
+        this on every rank after the last request, and reads ``get_model_info`` on rank 0 only
+        (a collective there would hang the other ranks)."""
+        gathered = super().gather_object(obj, dst)
+        if self.world_size > 1:
+            totals = super().gather_object(dict(self.totals), dst)
+            if self.rank == dst:
+                self._all_rank_totals = totals
+        return gathered
+
     def get_model_info(self) -> dict:
         """Lands in the results JSON's ``config``: model, settings and run totals."""
         return {
@@ -284,5 +331,7 @@ class SoftReasonLM(HFLM):
             "softreason_version": __version__,
             "softreason_config": self.cfg.to_dict(),
             "softreason_fingerprint": self.cfg.fingerprint(),
-            "softreason_totals": dict(self.totals),
+            "softreason_totals": (distributed.sum_totals(self._all_rank_totals)
+                                  if self._all_rank_totals else dict(self.totals)),
+            "softreason_world_size": self.world_size,
         }

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 
 from lm_eval_softreason.lm import SoftReasonLM, request_seed

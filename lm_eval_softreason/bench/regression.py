@@ -120,8 +120,9 @@ def run_eval(spec: dict, data_dir: str | None = None, progress: bool = False) ->
 
     model = model_spec(spec["pretrained"], spec["bench_model"])
     with tempfile.TemporaryDirectory(prefix="softreason-regression-") as tmp:
+        # all problems in one lm-eval call, so model_args batch_size=N can batch them
         opts = Options(results_dir=Path(tmp), apply_chat_template=spec["apply_chat_template"],
-                       data_dir=data_dir or default_data_dir(),
+                       data_dir=data_dir or default_data_dir(), chunk=spec["limit"],
                        model_args=parse_kv(spec["model_args"]))
         runner = Runner(model, opts)
         cell = runner.run_cell(method(spec["method"]), spec["task"], spec["limit"], progress)

@@ -1,0 +1,85 @@
+"""Kill and resume: a stock ``lm_eval --use_cache`` run SIGKILLed half-way, started again with
+the same settings, recomputes nothing it finished and ends with the uninterrupted results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lm_eval_softreason.cache import cache_table_name
+
+REPO = Path(__file__).resolve().parents[1]
+# slow enough per request (about a second) that the kill lands mid-run
+MODEL_ARGS = "dtype=float32,device=cpu,k=4,max_rounds=3,verifier_max_gen_toks=32"
+N = 8  # softreason_smoke has 8 problems
+
+
+def _cmd(model_dir: Path, out: Path, cache: Path, trace: Path) -> list[str]:
+    return [sys.executable, "-m", "lm_eval", "--model", "softreason", "--model_args",
+            f"pretrained={model_dir},{MODEL_ARGS},trace_dir={trace}",
+            "--tasks", "softreason_smoke", "--gen_kwargs", "max_gen_toks=160",
+            "--use_cache", str(cache), "--output_path", str(out), "--log_samples"]
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _lines(trace: Path) -> int:
+    path = trace / "trace_rank0.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _cached(cache: Path) -> int:
+    with sqlite3.connect(f"{cache}_rank0.db") as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if t.startswith("softreason_")]
+        assert len(tables) == 1, tables
+        return db.execute(f'SELECT COUNT(*) FROM "{tables[0]}"').fetchone()[0]
+
+
+def _results(out: Path) -> tuple[dict, list]:
+    [results] = list(out.rglob("results_*.json"))
+    [samples] = list(out.rglob("samples_softreason_smoke_*.jsonl"))
+    rows = sorted((json.loads(x) for x in samples.read_text().splitlines()),
+                  key=lambda r: r["doc_id"])
+    return json.loads(results.read_text())["results"]["softreason_smoke"], rows
+
+
+def test_sigkilled_run_resumes_without_recomputing(peaked_dir, tmp_path):
+    # the reference: one uninterrupted run
+    ref = subprocess.run(_cmd(peaked_dir, tmp_path / "ref", tmp_path / "ref_cache" / "c",
+                              tmp_path / "ref_trace"),
+                         capture_output=True, text=True, env=_env(), timeout=900, cwd=REPO)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert _lines(tmp_path / "ref_trace") == N
+
+    cache, trace1, trace2 = tmp_path / "cache" / "c", tmp_path / "trace1", tmp_path / "trace2"
+    proc = subprocess.Popen(_cmd(peaked_dir, tmp_path / "out1", cache, trace1), env=_env(),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while _lines(trace1) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    finished = _cached(cache)
+    assert 3 <= finished < N  # answers written as each request finished, not at the end
+
+    again = subprocess.run(_cmd(peaked_dir, tmp_path / "out2", cache, trace2),
+                           capture_output=True, text=True, env=_env(), timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _lines(trace2) == N - finished  # only the unfinished requests ran again
+    assert _cached(cache) == N
+
+    (ref_metrics, ref_rows), (metrics, rows) = _results(tmp_path / "ref"), _results(tmp_path / "out2")
+    timing = ("wall_s",)
+    assert {k: v for k, v in metrics.items() if not k.startswith(timing)} == \
+           {k: v for k, v in ref_metrics.items() if not k.startswith(timing)}
+    assert [r["resps"] for r in rows] == [r["resps"] for r in ref_rows]
