@@ -102,3 +102,18 @@ def test_nan_logprobs_do_not_crash_the_search(lm):
     assert isinstance(out, str)
     assert out.stats["error"] is None or "fallback" == out.stats["stop_reason"]
     assert all(isinstance(r, float) for r in out.stats["rewards"])
+
+
+def test_all_bad_inputs_together_in_lockstep_equal_one_at_a_time(lm):
+    """The same cases as one request list through 4 concurrent searches: every case still ends
+    in a result, each the same as when it ran alone (lengths 0..window, empty stops, ...)."""
+    requests = [_req(context, gk) for context, gk in CASES.values()]
+    alone = lm.generate_until(requests, disable_tqdm=True)
+    lm.cfg.batch_size = 4
+    try:
+        together = lm.generate_until([_req(context, gk) for context, gk in CASES.values()],
+                                     disable_tqdm=True)
+    finally:
+        lm.cfg.batch_size = 1
+    assert [str(x) for x in together] == [str(x) for x in alone]
+    assert all(x.stats["error"] is None for x in together)

@@ -371,7 +371,9 @@ class Runner:
             "settings": settings, "settings_hash": settings_hash,
             "eval": {"apply_chat_template": self.opts.apply_chat_template,
                      "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
-                     "data_dir": self.opts.data_dir, "chunk": self.opts.chunk},
+                     "data_dir": self.opts.data_dir, "chunk": self.opts.chunk,
+                     # concurrent searches: changes speed, not answers (kept out of settings)
+                     "batch_size": self.load_args.get("batch_size", 1)},
             "provenance": prov, "lm_eval": lm_eval_part,
             "samples_file": records.cell_paths(".", self.spec.label, task,
                                                method.name).samples.name,
