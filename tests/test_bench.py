@@ -60,6 +60,8 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
     # an uninterrupted run: the reference
     assert runner.main(_argv(model_dir, tmp_path / "straight", data_dir)) == 0
     assert len(generate_calls) == 6
+    assert records.read_planned(tmp_path / "straight") == {
+        "tiny": [("greedy", "svamp", 3), ("hf-greedy", "svamp", 3)]}
     first_context = generate_calls[0][1]
     generate_calls.clear()
 
@@ -117,6 +119,13 @@ def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path)
     run_b = runner.Runner(spec, runner.Options(results_dir=tmp_path, model_args={"k": 3}))
     with pytest.raises(RuntimeError, match=r"other settings.*model_args\.k: 2 -> 3"):
         run_b.run_cell(METHODS["softreason"], "svamp", 3)
+
+
+def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp_path):
+    spec = runner.model_spec(pretrained=str(tiny_model_dir("llama")))
+    opts = runner.Options(results_dir=tmp_path, model_args={"batch_size": 4, "device": "cpu"})
+    hf_args = runner.Runner(spec, opts).hf_model_args()
+    assert (hf_args["batch_size"], hf_args["device"], hf_args["dtype"]) == (4, "cpu", "float32")
 
 
 def test_methods_table_and_plans_match_the_issue():
@@ -213,6 +222,41 @@ def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):
     assert "same answer on 4/4 shared problems" in text
     png = tmp_path / "pareto_svamp.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_planned_cells_that_never_started_are_listed_not_dropped(tmp_path):
+    _synthetic_cell(tmp_path, "greedy", [1, 0], tokens=100, n_target=2)
+    records.add_planned(tmp_path, "m", [("greedy", "svamp", 2), ("softreason", "svamp", 2)])
+    records.add_planned(tmp_path, "m", [("sc@10", "gsm8k_sr", 3)])  # merged, not replaced
+    records.add_planned(tmp_path, "other", [("random", "svamp", 5)])
+    assert records.read_planned(tmp_path)["m"] == [
+        ("greedy", "svamp", 2), ("sc@10", "gsm8k_sr", 3), ("softreason", "svamp", 2)]
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert "| `softreason` | not started (0/2 done) |" in text
+    assert "| `sc@10` | not started (0/3 done) |" in text
+    assert "| `random` | not started (0/5 done) |" in text
+    assert "No cell has started on this model yet." in text  # "other" ran nothing
+    assert "| `greedy` | 0.500 ± 0.500 | 2 |" in text
+    report.write_report(tmp_path)  # plots skip the empty cells
+
+
+def test_readme_block_is_refilled_from_the_cells_and_the_rest_kept(tmp_path):
+    results = tmp_path / "results"
+    _synthetic_cell(results, "greedy", [1, 0], tokens=100, n_target=2)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{report.README_START}\nold\n{report.README_END}\nafter\n")
+    report.write_report(results, readme, ("svamp", "gsm8k_sr"))
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+    assert "old" not in text and "| `greedy` | 0.500 ± 0.500 | 2 |" in text
+    assert "](results/pareto_svamp.png)" in text  # image path relative to the README
+    assert "#### gsm8k_sr\n\nNo cell planned or run for this task yet." in text
+    report.write_report(results, readme, ("svamp",))  # idempotent block, one marker pair
+    assert readme.read_text().count(report.README_START) == 1
+    no_block = tmp_path / "OTHER.md"
+    no_block.write_text("nothing here\n")
+    with pytest.raises(ValueError, match="no <!-- leaderboard:start -->"):
+        report.write_report(results, no_block)
 
 
 def test_report_on_empty_results_says_so(tmp_path):

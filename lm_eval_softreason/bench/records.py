@@ -186,6 +186,31 @@ def write_cell(paths: CellPaths, cell: dict) -> None:
                                          allow_nan=False) + "\n")
 
 
+PLANNED_FILE = "planned.json"
+
+
+def add_planned(results_dir: str | os.PathLike, model: str,
+                cells: Iterable[tuple[str, str, int]]) -> None:
+    """Remember the (method, task, limit) cells asked of ``model``, so the report can list a
+    cell that never started instead of dropping its row."""
+    path = Path(results_dir) / model / PLANNED_FILE
+    known = {tuple(c) for c in read_planned(results_dir).get(model, [])}
+    known |= {(m, t, int(n)) for m, t, n in cells}
+    _write_atomic(path, json.dumps({"cells": sorted(list(c) for c in known)}, indent=1) + "\n")
+
+
+def read_planned(results_dir: str | os.PathLike) -> dict[str, list[tuple[str, str, int]]]:
+    """{model: [(method, task, limit), ...]} from every ``<model>/planned.json``."""
+    planned = {}
+    for path in sorted(Path(results_dir).glob(f"*/{PLANNED_FILE}")):
+        try:
+            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        planned[path.parent.name] = [(m, t, int(n)) for m, t, n in cells]
+    return planned
+
+
 def read_cell(path: Path) -> dict:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

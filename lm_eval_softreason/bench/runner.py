@@ -198,8 +198,10 @@ class Runner:
         cfg = self.base_cfg
         source, gguf_file, _ = loading.resolve_source(cfg)
         device = loading.resolve_device(cfg.device)
+        # the same batch size as softreason's concurrent searches, so wall times compare
         args: dict[str, Any] = {"pretrained": source, "dtype": cfg.dtype, "device": str(device),
-                                "batch_size": 1, "trust_remote_code": cfg.trust_remote_code}
+                                "batch_size": self.load_args.get("batch_size", 1),
+                                "trust_remote_code": cfg.trust_remote_code}
         if gguf_file:
             args["gguf_file"] = gguf_file
         if cfg.max_length is not None:
@@ -462,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a named bench model (fetched, verified and converted once)")
     p.add_argument("--model-label", help="results/<label>/... (default: from the model)")
     p.add_argument("--model-args", default="", help="extra softreason model_args for every "
-                   "method (k=v,...); dtype/device/max_length also reach hf-greedy")
+                   "method (k=v,...); dtype/device/max_length/batch_size also reach hf-greedy")
     p.add_argument("--gen-kwargs", default="", help="lm-eval gen_kwargs override (k=v,...)")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--no-chat-template", action="store_true",
@@ -513,6 +515,7 @@ def run(argv: list[str], command: str | None = None) -> int:
             print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded")
         return 0
     runner = Runner(spec, opts)
+    records.add_planned(opts.results_dir, spec.label, [(m.name, t, n) for m, t, n in cells])
     from tqdm import tqdm
 
     failed = []
