@@ -1,7 +1,12 @@
-"""Decode throughput of the engine vs ``model.generate`` (and lm-eval's ``hf`` model), batch 1
-and batch k, on one model in one process; plus prefill tokens computed vs the naive count.
+"""Engine efficiency on one model in one process (the leaderboard issue's three figures):
 
-    python benchmarks/engine_throughput.py [--dtype bfloat16] [--tokens 128] [--out results/engine_throughput.json]
+1. decode throughput of the engine vs ``model.generate`` and vs lm-eval's ``hf`` model, at
+   batch 1 and batch k (tokens/s and ratios; EOS disabled so every row makes the same count);
+2. prefill positions actually computed per problem by a real Soft Reasoning search (defaults)
+   vs the naive count, where every candidate row and every verifier call re-encodes its prompt;
+3. the share of that search's wall time spent in GP fitting + acquisition (``bo_s``).
+
+    python benchmarks/engine_throughput.py [--dtype auto] [--tokens 128] [--problems 2] [--out results/engine_throughput.json]
 
 Run it alone: two torch processes on two cores distort each other's timings.
 """
@@ -22,6 +27,15 @@ from lm_eval_softreason.loading import load_model_and_tokenizer
 
 QUESTION = ("Edward spent $6 to buy 2 books each book costing him the same amount of money. "
             "Now he has $12. How much did each book cost?")
+# the search part runs on these (the first SVAMP-style questions of the regression eval)
+QUESTIONS = [
+    QUESTION,
+    "There are 41 bird families living near the mountain. If 35 bird families flew away to "
+    "asia and 62 bird families flew away to africa, how many more bird families flew away to "
+    "africa than those that flew away to asia?",
+    "Jack had 9 action figures and 7 books on a shelf. He added 7 more action figures to the "
+    "shelf. How many more action figures than books were on his shelf?",
+]
 
 
 def _timed(fn):
@@ -30,12 +44,59 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def search_cost(engine: DecodingEngine, tok, problems: int) -> dict:
+    """Run Soft Reasoning (defaults) on ``problems`` questions; count prefill positions actually
+    computed against the naive count, and the wall-time share of GP fit + acquisition."""
+    from lm_eval_softreason.search import softreason
+    from lm_eval_softreason.search.problem import Problem
+
+    cfg = SoftReasonConfig.from_model_args()
+    naive = 0
+    decode = engine.decode
+
+    def counting_decode(prefix, soft_embeds=None, **kw):
+        nonlocal naive  # without a shared prefix cache, every row re-encodes its prompt
+        rows = soft_embeds.shape[0] if soft_embeds is not None else kw.get("n", 1)
+        naive += len(prefix.prompt_ids) * rows
+        return decode(prefix, soft_embeds, **kw)
+
+    def render(text: str) -> list[int]:
+        chat = tok.apply_chat_template([{"role": "user", "content": text}],
+                                       add_generation_prompt=True, tokenize=False)
+        return tok(chat, add_special_tokens=False)["input_ids"]
+
+    engine.decode = counting_decode
+    computed = bo_s = wall_s = gen = 0.0
+    rounds = []
+    for i, question in enumerate(QUESTIONS[:problems]):
+        ids = render(question + "\nLet's think step by step.")
+        before = engine.stats.copy()
+        start = time.perf_counter()
+        outcome = softreason.search(cfg, engine, Problem(
+            prompt_ids=ids, question=question, until=[], max_gen_toks=cfg.max_gen_toks,
+            seed=i, render=render))
+        wall_s += time.perf_counter() - start
+        computed += engine.stats.since(before).prefill_tokens
+        bo_s += outcome.stats.bo_s
+        gen += outcome.stats.gen_tokens
+        rounds.append(outcome.stats.rounds)
+    engine.decode = decode
+    return {"search_problems": problems, "search_rounds": rounds,
+            "prefill_tokens_per_problem": computed / problems,
+            "prefill_tokens_naive_per_problem": naive / problems,
+            "prefill_saving": naive / computed if computed else None,
+            "gen_tokens_per_problem": gen / problems,
+            "search_wall_s_per_problem": wall_s / problems,
+            "bo_share_of_wall": bo_s / wall_s if wall_s else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pretrained", default=None, help="default: the embedded SmolLM2 GGUF")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--problems", type=int, default=2, help="Soft Reasoning searches to run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -74,22 +135,26 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
-    req = Instance("generate_until", {}, (prompt, {"until": [], "max_gen_toks": n, "do_sample": False}), 0)
     hf_model_eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # same no-EOS rule for a like-for-like count
-    [text], wall = _timed(lambda: hf.generate_until([req], disable_tqdm=True))
+    for batch in (1, k):
+        hf = HFLM(pretrained=model, tokenizer=tok, batch_size=batch)
+        reqs = [Instance("generate_until", {}, (prompt, {"until": [], "max_gen_toks": n,
+                                                         "do_sample": False}), i)
+                for i in range(batch)]
+        texts, wall = _timed(lambda: hf.generate_until(reqs, disable_tqdm=True))
+        tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        rows[f"lm_eval_hf_b{batch}_tok_s"] = tokens / wall
+        rows[f"engine_vs_lm_eval_hf_b{batch}"] = rows[f"engine_b{batch}_tok_s"] / (tokens / wall)
     model.generation_config.eos_token_id = hf_model_eos
-    rows["lm_eval_hf_b1_tok_s"] = len(tok(text, add_special_tokens=False)["input_ids"]) / wall
+    engine.eos_ids = DecodingEngine(model, tok).eos_ids  # searches stop at EOS as usual
+    rows.update(search_cost(engine, tok, args.problems))
 
-    rounds = 3
-    rows["prefill_tokens_per_problem"] = len(ids)
-    rows["prefill_tokens_naive"] = len(ids) * k * rounds
     report = {
         "model": name, "dtype": str(model.dtype), "new_tokens": n, "k": k,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "torch": torch.__version__, **rows,
-        "note": f"prefill counts for one request of {rounds} rounds x k={k} candidates",
+        "note": "decode: one prompt, EOS disabled; search: softreason defaults, chat template",
     }
     print(json.dumps(report, indent=2))
     if args.out:

@@ -101,6 +101,7 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
     assert cell["model_args"]["search"] == "greedy" and cell["settings"]["method"] == "greedy"
     assert {"versions", "git", "device", "command", "started", "finished"} <= set(
         cell["provenance"])
+    assert cell["provenance"]["git_commits"] == [cell["provenance"]["git"]]  # one checkout
     assert "--methods hf-greedy,greedy" in cell["provenance"]["command"]
     assert cell["lm_eval"]["configs"]["svamp"]["task"] == "svamp"
     hf_cell = records.read_cell(records.cell_paths(resumed, "tiny", "svamp", "hf-greedy").json)

@@ -108,6 +108,11 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def _commits(prov: dict) -> list[dict]:
+    """The git commits a cell was computed under (older cells record only the last one)."""
+    return [g for g in (prov.get("git_commits") or [prov.get("git")]) if g] or [{}]
+
+
 def _model_line(cells: dict[str, dict]) -> str:
     cells = {name: c for name, c in cells.items() if "provenance" in c}  # skip never-started
     if not cells:
@@ -119,8 +124,8 @@ def _model_line(cells: dict[str, dict]) -> str:
                      for c in cells.values()})
     prov = any_cell.get("provenance") or {}
     device = prov.get("device") or {}
-    commits = sorted({((c.get("provenance") or {}).get("git") or {}).get("commit", "?")[:10]
-                      for c in cells.values()})
+    commits = sorted({git.get("commit", "?")[:10] for c in cells.values()
+                      for git in _commits(c.get("provenance") or {})})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
     return (f"{what}; dtype {', '.join(dtypes)}; {device.get('device', '?')} "

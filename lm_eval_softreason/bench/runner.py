@@ -132,6 +132,8 @@ class Runner:
         self._task_manager = None
         self._doc_counts: dict[str, int] = {}
         self._hf_args: dict[str, Any] | None = None
+        # the code this process loaded: HEAD may move (new commits) while a long run goes on
+        self.git = provenance.git_commit()
         self._builtin = False
         self.generate_s = 0.0  # time inside the current model's generate_until
 
@@ -352,9 +354,12 @@ class Runner:
         commands = list(prov.get("commands") or [])
         if self.opts.command and self.opts.command not in commands:
             commands.append(self.opts.command)
+        commits = list(prov.get("git_commits") or [])  # every run that wrote this cell
+        if self.git and self.git not in commits:
+            commits.append(self.git)
         now = provenance.now_iso()
         prov.update({
-            "versions": provenance.versions(), "git": provenance.git_commit(),
+            "versions": provenance.versions(), "git": self.git, "git_commits": commits,
             "device": provenance.device_info(loading.resolve_device(self.base_cfg.device)),
             "started": prov.get("started") or now, "updated": now,
             "finished": now if complete else None,
