@@ -109,7 +109,7 @@ def main() -> None:
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     n, k = args.tokens, args.k
     # no EOS: every row produces exactly n tokens, so tokens/s compare like for like
-    engine.eos_ids = frozenset()
+    eos_ids, engine.eos_ids = engine.eos_ids, frozenset()
     gen_kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
 
     def engine_run(batch: int) -> float:
@@ -147,7 +147,7 @@ def main() -> None:
         rows[f"lm_eval_hf_b{batch}_tok_s"] = tokens / wall
         rows[f"engine_vs_lm_eval_hf_b{batch}"] = rows[f"engine_b{batch}_tok_s"] / (tokens / wall)
     model.generation_config.eos_token_id = hf_model_eos
-    engine.eos_ids = DecodingEngine(model, tok).eos_ids  # searches stop at EOS as usual
+    engine.eos_ids = eos_ids  # searches stop at EOS as usual
     rows.update(search_cost(engine, tok, args.problems))
 
     report = {

@@ -129,6 +129,19 @@ def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp
     assert (hf_args["batch_size"], hf_args["device"], hf_args["dtype"]) == (4, "cpu", "float32")
 
 
+def test_resumed_cell_keeps_every_commit_that_wrote_it(tiny_model_dir, tmp_path):
+    """A cell written before ``git_commits`` existed keeps its old ``git`` in the list."""
+    run = runner.Runner(runner.model_spec(pretrained=str(tiny_model_dir("llama"))),
+                        runner.Options(results_dir=tmp_path))
+    run.git = {"commit": "new", "dirty": False}
+    old = {"provenance": {"git": {"commit": "old", "dirty": False}}}
+    settings = run.settings(METHODS["greedy"], "svamp")
+    cell = run._cell_json(old, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert [g["commit"] for g in cell["provenance"]["git_commits"]] == ["old", "new"]
+    again = run._cell_json(cell, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert [g["commit"] for g in again["provenance"]["git_commits"]] == ["old", "new"]
+
+
 def test_methods_table_and_plans_match_the_issue():
     assert list(METHODS) == ["hf-greedy", "greedy", "sc@5", "sc@10", "random", "softreason",
                              "sr-noverifier", "sr-nocoherence", "sr-basezero"]
