@@ -198,6 +198,7 @@ def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     names = sorted(models)
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
@@ -213,8 +214,11 @@ def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Pat
             ax.annotate(method, (m["gen_tokens"], m["acc"]), textcoords="offset points",
                         xytext=(6, 4 - 10 * (plotted % 3)), fontsize=8)
             plotted += 1
-        if plotted:
+        if plotted:  # log x, labelled 100, 200, 500, 1,000 ...: mantissa labels overlap
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("generated tokens per problem")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{task}: {model}")
