@@ -186,6 +186,11 @@ def write_cell(paths: CellPaths, cell: dict) -> None:
                                          allow_nan=False) + "\n")
 
 
+def git_commits(prov: dict) -> list[dict]:
+    """Every commit whose run wrote a cell (cells from before ``git_commits`` recorded one ``git``)."""
+    return [g for g in (prov.get("git_commits") or [prov.get("git")]) if g]
+
+
 PLANNED_FILE = "planned.json"
 
 

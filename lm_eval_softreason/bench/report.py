@@ -108,11 +108,6 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-def _commits(prov: dict) -> list[dict]:
-    """The git commits a cell was computed under (older cells record only the last one)."""
-    return [g for g in (prov.get("git_commits") or [prov.get("git")]) if g] or [{}]
-
-
 def _model_line(cells: dict[str, dict]) -> str:
     cells = {name: c for name, c in cells.items() if "provenance" in c}  # skip never-started
     if not cells:
@@ -125,7 +120,7 @@ def _model_line(cells: dict[str, dict]) -> str:
     prov = any_cell.get("provenance") or {}
     device = prov.get("device") or {}
     commits = sorted({git.get("commit", "?")[:10] for c in cells.values()
-                      for git in _commits(c.get("provenance") or {})})
+                      for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
     return (f"{what}; dtype {', '.join(dtypes)}; {device.get('device', '?')} "

@@ -354,8 +354,7 @@ class Runner:
         commands = list(prov.get("commands") or [])
         if self.opts.command and self.opts.command not in commands:
             commands.append(self.opts.command)
-        # every run that wrote this cell; a cell from before this list seeds it with its "git"
-        commits = list(prov.get("git_commits") or ([prov["git"]] if prov.get("git") else []))
+        commits = records.git_commits(prov)  # every run that wrote this cell
         if self.git and self.git not in commits:
             commits.append(self.git)
         now = provenance.now_iso()
