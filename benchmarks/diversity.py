@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from lm_eval_softreason.answers import extract_answer
+from lm_eval_softreason.bench.provenance import path_roots, portable
 from lm_eval_softreason.config import SoftReasonConfig
 from lm_eval_softreason.engine import DecodingEngine
 from lm_eval_softreason.loading import load_model_and_tokenizer
@@ -74,7 +75,7 @@ def main() -> None:
             **{key: sum(r[key] for r in sel) / len(sel) for key in
                ("distinct_texts", "distinct_answers", "parsable", "any_correct", "mean_coherence")},
         })
-    report = {"model": name, "embedding_rms": rms, "token_norm": token_norm, "k": args.k,
+    report = {"model": portable(name, path_roots(str(data))), "embedding_rms": rms, "token_norm": token_norm, "k": args.k,
               "problems": len(rows), "summary": summary, "per_problem": results}
     print(f"{'base':6} {'sigma':>5} {'texts':>6} {'answers':>8} {'parsable':>8} {'covered':>8} {'coh':>6}")
     for s in summary:

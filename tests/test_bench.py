@@ -107,6 +107,10 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
     hf_cell = records.read_cell(records.cell_paths(resumed, "tiny", "svamp", "hf-greedy").json)
     assert hf_cell["model_args"]["dtype"] == "float32"  # the same dtype as softreason's
     assert hf_cell["metrics"]["gen_tokens_source"] == "retokenized"
+    # committed results name no one's machine: the data dir is written as the variable that sets it
+    for cell_json in (resumed / "tiny" / "svamp").glob("*.json"):
+        text = cell_json.read_text()
+        assert str(data_dir.resolve()) not in text and "$LM_EVAL_SOFTREASON_DATA" in text
 
 
 def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path):
@@ -142,9 +146,20 @@ def test_resumed_cell_keeps_every_commit_that_wrote_it(tiny_model_dir, tmp_path)
     assert [g["commit"] for g in again["provenance"]["git_commits"]] == ["old", "new"]
 
 
+def test_portable_rewrites_known_roots_and_nothing_else():
+    from lm_eval_softreason.bench.provenance import portable
+
+    roots = [("/data/shared", "$DATA"), ("/home/ann", "~")]
+    cell = {"a": "/data/shared/svamp/test.json", "b": ["--data-dir /data/shared", "/home/ann"],
+            "c": {"d": "/data/shared2/x", "e": "/x/data/shared/y", "f": 3, "g": None}}
+    assert portable(cell, roots) == {
+        "a": "$DATA/svamp/test.json", "b": ["--data-dir $DATA", "~"],
+        "c": {"d": "/data/shared2/x", "e": "/x/data/shared/y", "f": 3, "g": None}}
+
+
 def test_methods_table_and_plans_match_the_issue():
     assert list(METHODS) == ["hf-greedy", "greedy", "sc@5", "sc@10", "random", "softreason",
-                             "sr-noverifier", "sr-nocoherence", "sr-basezero"]
+                             "sr-noverifier", "sr-nocoherence", "sr-basezero", "sr-sigma4"]
     assert METHODS["sc@10"].model_args == {"search": "sc", "n": 10, "temperature": 0.6}
     assert METHODS["sr-basezero"].model_args == {"base": "zero"}
     assert METHODS["hf-greedy"].backend == "hf"
@@ -229,13 +244,29 @@ def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):
             for line in text.splitlines() if line.startswith("| `")}
     assert list(rows) == ["`hf-greedy`", "`greedy`", "`sc@10`", "`softreason`"]  # table order
     assert rows["`softreason`"][:2] == ["0.750 ± 0.250", "4"]
-    assert rows["`softreason`"][-2:] == ["10.00x", "15.00x"]  # tokens, time vs greedy
-    assert rows["`greedy`"][-2:] == ["1.00x", "1.00x"]
+    # tokens, time vs greedy; paired: right only here / right only with greedy
+    assert rows["`softreason`"][-3:] == ["10.00x", "15.00x", "+1 / −0 (p=1)"]
+    assert rows["`greedy`"][-3:] == ["1.00x", "1.00x", "–"]
     assert rows["`hf-greedy`"][3] == "100.0*"  # retokenised count is marked
     assert rows["`sc@10`"][0] == "incomplete (2/4 done)"
     assert "same answer on 4/4 shared problems" in text
     png = tmp_path / "pareto_svamp.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_split_and_exact_mcnemar_p(tmp_path):
+    accs_a = [1] * 8 + [0] * 2 + [1] * 5   # right on 8 problems where b is wrong
+    accs_b = [0] * 8 + [0] * 2 + [1] * 5
+    _synthetic_cell(tmp_path, "softreason", accs_a, tokens=100, n_target=15)
+    _synthetic_cell(tmp_path, "random", accs_b, tokens=100, n_target=15)
+    _synthetic_cell(tmp_path, "sc@10", [1] * 15, tokens=100, n_target=15)
+    cells = report.load_cells(tmp_path)["svamp"]["m"]
+    assert report.paired(cells["softreason"], cells["random"]) == (8, 0, 15, pytest.approx(2 / 256))
+    assert report.paired(cells["random"], cells["softreason"])[:2] == (0, 8)
+    a_only, b_only, _, p = report.paired(cells["softreason"], cells["sc@10"])
+    assert (a_only, b_only) == (0, 2) and p == pytest.approx(0.5)
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert "`sc@10` +0 / −2 (p=0.5); `random` +8 / −0 (p=0.0078)." in text
 
 
 def test_planned_cells_that_never_started_are_listed_not_dropped(tmp_path):

@@ -33,6 +33,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sr-nocoherence", "softreason", {"w_coherence": 0.0}, "ablation: no coherence reward"),
     Method("sr-basezero", "softreason", {"base": "zero"},
            "pure projection, no token embedding (the released code)"),
+    # beyond the issue: at sigma=1 Qwen's soft vectors mostly decode to greedy's answer
+    # (results/diversity_qwen2.5-coder-1.5b.json); the default stays until this cell says more
+    Method("sr-sigma4", "softreason", {"sigma": 4.0}, "the full method, 4x the perturbation"),
 )}
 
 CORE = ("hf-greedy", "greedy", "sc@10", "random", "softreason")

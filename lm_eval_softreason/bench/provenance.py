@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import __version__
 
@@ -73,3 +74,39 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def path_roots(data_dir: str | None = None) -> list[tuple[str, str]]:
+    """The machine-specific directories a result may mention, each with the portable name it is
+    written as: the data and cache directories by the variables that set them, a git checkout
+    of this package as ``.``, the home directory as ``~``. Most specific first."""
+    from ..loading import cache_dir
+
+    roots = []
+    if data_dir:
+        roots.append((str(Path(data_dir).resolve()), "$LM_EVAL_SOFTREASON_DATA"))
+    roots.append((str(cache_dir().resolve()), "$LM_EVAL_SOFTREASON_CACHE"))
+    if (PACKAGE_ROOT / ".git").exists():  # a checkout; an installed package keeps its paths
+        roots.append((str(PACKAGE_ROOT), "."))
+    roots.append((str(Path.home()), "~"))
+    return sorted(roots, key=lambda r: len(r[0]), reverse=True)
+
+
+def portable(obj: Any, roots: Iterable[tuple[str, str]]) -> Any:
+    """``obj`` (JSON-like) with absolute paths under ``roots`` rewritten by their portable names,
+    so committed results name no one's machine (``/home/ann/data/x`` -> ``$LM_EVAL_SOFTREASON_DATA/x``)."""
+    patterns = [(re.compile(r"(?<![\w.~$/-])" + re.escape(root.rstrip("/")) + r"(?=/|$|[\s\"',;:])"),
+                 name) for root, name in roots if root not in ("", "/")]
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            for pattern, name in patterns:
+                value = pattern.sub(name, value)
+            return value
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(obj)

@@ -4,8 +4,9 @@ samples); never edit the outputs by hand.
 
 Per task and model, one row per method: accuracy ± standard error and n, coverage, generated
 tokens, candidates and rounds per problem, wall seconds per problem (timed around the model's
-``generate_until``, the same clock for every method), and tokens and time relative to
-``greedy`` on the problems both ran. A cell that has not finished is listed as
+``generate_until``, the same clock for every method), tokens and time relative to ``greedy`` on
+the problems both ran, and the paired right/wrong split against ``greedy`` with its exact
+McNemar p (plus ``softreason`` against every other method). A cell that has not finished is listed as
 "incomplete (k/n done)", and a planned cell (``<model>/planned.json``, written by the runner)
 that never started as "not started (0/n)"; neither is dropped.
 """
@@ -24,7 +25,8 @@ from . import records
 from .methods import METHODS
 
 HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
-          "rounds / problem", "wall s / problem", "tokens vs greedy", "time vs greedy")
+          "rounds / problem", "wall s / problem", "tokens vs greedy", "time vs greedy",
+          "right/wrong vs greedy (p)")
 REFERENCES = ("greedy", "hf-greedy")  # what "relative to greedy" divides by, first found
 
 
@@ -83,6 +85,24 @@ def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
     return same, len(shared)
 
 
+def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
+    """(problems only ``a`` got right, only ``b`` got right, shared problems, exact McNemar
+    two-sided p) on the problems both cells recorded: a difference in accuracy between two
+    cells on the same problems is judged by the discordant pairs, not by overlapping error bars."""
+    from scipy.stats import binomtest
+
+    shared = sorted(set(a["_records"]) & set(b["_records"]))
+    a_only = sum(a["_records"][i]["acc"] > b["_records"][i]["acc"] for i in shared)
+    b_only = sum(b["_records"][i]["acc"] > a["_records"][i]["acc"] for i in shared)
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return a_only, b_only, len(shared), float(p)
+
+
+def _paired_text(a: dict, b: dict) -> str:
+    a_only, b_only, _, p = paired(a, b)
+    return f"+{a_only} / −{b_only} (p={p:.2g})"
+
+
 def table_rows(cells: dict[str, dict]) -> list[list[str]]:
     """The leaderboard rows of one (task, model): one per method, in METHODS order."""
     reference = next((cells[r] for r in REFERENCES if r in cells and cells[r]["_records"]), None)
@@ -104,7 +124,9 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
         rows.append([f"`{name}`", accuracy, str(m["n"]), _num(m["coverage"], 3), tokens,
                      _num(m["candidates"]), _num(m["rounds"]), _num(m["generate_s"]),
                      _num(tokens_ratio, 2) + ("x" if tokens_ratio is not None else ""),
-                     _num(time_ratio, 2) + ("x" if time_ratio is not None else "")])
+                     _num(time_ratio, 2) + ("x" if time_ratio is not None else ""),
+                     "–" if reference is None or cell is reference
+                     else _paired_text(cell, reference)])
     return rows
 
 
@@ -147,6 +169,15 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
             same, shared = answer_agreement(cells["greedy"], cells["hf-greedy"])
             lines += [f"`greedy` and `hf-greedy` give the same answer on {same}/{shared} "
                       "shared problems (any difference is a bug).", ""]
+        complete = {name: c for name, c in cells.items() if c["complete"]}
+        if "softreason" in complete and len(complete) > 1:
+            others = [n for n in sorted(complete, key=_method_order)
+                      if n not in ("softreason", "greedy", "hf-greedy")]
+            if others:
+                lines += ["`softreason` paired against, on the same problems (right only with "
+                          "`softreason` / right only with the other, exact McNemar p): "
+                          + "; ".join(f"`{n}` {_paired_text(complete['softreason'], complete[n])}"
+                                      for n in others) + ".", ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
 
@@ -158,7 +189,9 @@ def render_markdown(table: dict[str, dict[str, dict[str, dict]]]) -> str:
              "Accuracy is the mean over the first n problems ± its standard error. Costs are "
              "means per problem. Wall seconds are timed around the model's `generate_until` "
              "(same clock for every method). \"vs greedy\" divides by the `greedy` cell (else "
-             "`hf-greedy`) on the problems both ran. `*`: lm-eval's `hf` returns plain text, "
+             "`hf-greedy`) on the problems both ran. \"right/wrong vs greedy\": problems this "
+             "method gets right and greedy wrong / the reverse, with the exact McNemar "
+             "two-sided p of that split. `*`: lm-eval's `hf` returns plain text, "
              "so its tokens are the response re-tokenised.", ""]
     if not table:
         lines += ["No results yet.", ""]

@@ -369,7 +369,8 @@ class Runner:
         if result is not None:
             lm_eval_part = _lm_eval_summary(result, task)
         model_args = self.cell_model_args(method)
-        return records.clean_floats({
+        roots = provenance.path_roots(self.opts.data_dir)
+        return provenance.portable(records.clean_floats({
             "format": records.CELL_FORMAT, "model": self.spec.label, "task": task,
             "method": method.name, "what": method.what, "backend": method.backend,
             "complete": complete, "limit": limit, "n_target": len(target),
@@ -384,7 +385,7 @@ class Runner:
             "provenance": prov, "lm_eval": lm_eval_part,
             "samples_file": records.cell_paths(".", self.spec.label, task,
                                                method.name).samples.name,
-        })
+        }), roots)
 
 
 def _hash(obj: Any) -> str:
