@@ -261,7 +261,8 @@ def test_paired_split_and_exact_mcnemar_p(tmp_path):
     _synthetic_cell(tmp_path, "random", accs_b, tokens=100, n_target=15)
     _synthetic_cell(tmp_path, "sc@10", [1] * 15, tokens=100, n_target=15)
     cells = report.load_cells(tmp_path)["svamp"]["m"]
-    assert report.paired(cells["softreason"], cells["random"]) == (8, 0, 15, pytest.approx(2 / 256))
+    assert report.paired(cells["softreason"], cells["random"]) == (
+        8, 0, 15, pytest.approx(2 / 256))
     assert report.paired(cells["random"], cells["softreason"])[:2] == (0, 8)
     a_only, b_only, _, p = report.paired(cells["softreason"], cells["sc@10"])
     assert (a_only, b_only) == (0, 2) and p == pytest.approx(0.5)

@@ -94,9 +94,11 @@ def path_roots(data_dir: str | None = None) -> list[tuple[str, str]]:
 
 def portable(obj: Any, roots: Iterable[tuple[str, str]]) -> Any:
     """``obj`` (JSON-like) with absolute paths under ``roots`` rewritten by their portable names,
-    so committed results name no one's machine (``/home/ann/data/x`` -> ``$LM_EVAL_SOFTREASON_DATA/x``)."""
-    patterns = [(re.compile(r"(?<![\w.~$/-])" + re.escape(root.rstrip("/")) + r"(?=/|$|[\s\"',;:])"),
-                 name) for root, name in roots if root not in ("", "/")]
+    so committed results name no one's machine (``/srv/data/x`` -> ``$LM_EVAL_SOFTREASON_DATA/x``).
+    A root matches whole path components only (``/srv/data2`` is left alone)."""
+    patterns = [(re.compile(r"(?<![\w.~$/-])" + re.escape(root.rstrip("/"))
+                            + r"(?=/|$|[\s\"',;:])"), name)
+                for root, name in roots if root not in ("", "/")]
 
     def fix(value: Any) -> Any:
         if isinstance(value, str):

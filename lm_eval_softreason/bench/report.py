@@ -6,9 +6,9 @@ Per task and model, one row per method: accuracy ± standard error and n, covera
 tokens, candidates and rounds per problem, wall seconds per problem (timed around the model's
 ``generate_until``, the same clock for every method), tokens and time relative to ``greedy`` on
 the problems both ran, and the paired right/wrong split against ``greedy`` with its exact
-McNemar p (plus ``softreason`` against every other method). A cell that has not finished is listed as
-"incomplete (k/n done)", and a planned cell (``<model>/planned.json``, written by the runner)
-that never started as "not started (0/n)"; neither is dropped.
+McNemar p (plus ``softreason`` against every other method). A cell that has not finished is
+listed as "incomplete (k/n done)", and a planned cell (``<model>/planned.json``, written by the
+runner) that never started as "not started (0/n)"; neither is dropped.
 """
 
 from __future__ import annotations
