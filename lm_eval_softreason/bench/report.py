@@ -63,10 +63,15 @@ def load_cells(results_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
     return table
 
 
+def _shared_ids(a: dict, b: dict) -> list[int]:
+    """The doc ids both cells recorded: every comparison between two cells is on these."""
+    return sorted(set(a["_records"]) & set(b["_records"]))
+
+
 def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None]:
     """(tokens ratio, time ratio) of ``cell`` over ``reference``, summed over the doc ids both
     recorded; None where either lacks the numbers."""
-    shared = sorted(set(cell["_records"]) & set(reference["_records"]))
+    shared = _shared_ids(cell, reference)
     ratios = []
     for key in ("gen_tokens", "generate_s"):
         mine = [cell["_records"][i].get(key) for i in shared]
@@ -80,7 +85,7 @@ def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | No
 
 def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
     """(same extracted answer, shared problems) between two cells."""
-    shared = sorted(set(a["_records"]) & set(b["_records"]))
+    shared = _shared_ids(a, b)
     same = sum(a["_records"][i].get("answer") == b["_records"][i].get("answer") for i in shared)
     return same, len(shared)
 
@@ -91,7 +96,7 @@ def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
     cells on the same problems is judged by the discordant pairs, not by overlapping error bars."""
     from scipy.stats import binomtest
 
-    shared = sorted(set(a["_records"]) & set(b["_records"]))
+    shared = _shared_ids(a, b)
     a_only = sum(a["_records"][i]["acc"] > b["_records"][i]["acc"] for i in shared)
     b_only = sum(b["_records"][i]["acc"] > a["_records"][i]["acc"] for i in shared)
     p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
