@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from lm_eval_softreason.answers import extract_answer
 from lm_eval_softreason.bench.provenance import path_roots, portable
+from lm_eval_softreason.bench.runner import default_data_dir
 from lm_eval_softreason.config import SoftReasonConfig
 from lm_eval_softreason.engine import DecodingEngine
 from lm_eval_softreason.loading import load_model_and_tokenizer
@@ -38,7 +38,13 @@ def main() -> None:
     ap.add_argument("--max-gen-toks", type=int, default=256)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    data = Path(os.environ.get("LM_EVAL_SOFTREASON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if args.problems < 1 or args.k < 1:
+        ap.error(f"--problems and --k must be >= 1, got {args.problems} and {args.k}")
+    data_dir = default_data_dir()
+    if data_dir is None:
+        raise SystemExit("no benchmark data: set LM_EVAL_SOFTREASON_DATA to the folder "
+                         "that holds svamp/test300.json")
+    data = Path(data_dir)
     rows = json.loads((data / "svamp" / "test300.json").read_text())[: args.problems]
     model, tok, name = load_model_and_tokenizer(
         SoftReasonConfig.from_model_args(pretrained=args.pretrained, dtype=args.dtype))
@@ -55,8 +61,12 @@ def main() -> None:
         a = projection(1000 + i, 50, engine.hidden_size)
         x = torch.randn(args.k, 50, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
         for base, sigma in settings:
-            b = engine.embed([prefix.greedy_token])[0].double() if base == "token" else torch.zeros(engine.hidden_size, dtype=torch.float64)
-            cands = engine.decode(prefix, soft_vectors(x, b, a, sigma * rms), max_new_tokens=args.max_gen_toks)
+            if base == "token":
+                b = engine.embed([prefix.greedy_token])[0].double()
+            else:
+                b = torch.zeros(engine.hidden_size, dtype=torch.float64)
+            cands = engine.decode(prefix, soft_vectors(x, b, a, sigma * rms),
+                                  max_new_tokens=args.max_gen_toks)
             answers = [extract_answer(c.text, "numeric") for c in cands]
             gold = float(row["answer"])
             results.append({
@@ -75,7 +85,8 @@ def main() -> None:
             **{key: sum(r[key] for r in sel) / len(sel) for key in
                ("distinct_texts", "distinct_answers", "parsable", "any_correct", "mean_coherence")},
         })
-    report = {"model": portable(name, path_roots(str(data))), "embedding_rms": rms, "token_norm": token_norm, "k": args.k,
+    report = {"model": portable(name, path_roots(str(data))), "embedding_rms": rms,
+              "token_norm": token_norm, "k": args.k,
               "problems": len(rows), "summary": summary, "per_problem": results}
     print(f"{'base':6} {'sigma':>5} {'texts':>6} {'answers':>8} {'parsable':>8} {'covered':>8} {'coh':>6}")
     for s in summary:
