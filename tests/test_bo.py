@@ -123,25 +123,18 @@ def test_duplicate_points_are_handled():
     assert bool(torch.isfinite(proposal.x).all())
 
 
-def test_failing_fit_falls_back(monkeypatch):
-    def broken_fit(*args, **kwargs):
-        raise RuntimeError("cholesky failed")
+@pytest.mark.parametrize(
+    "target, reason",
+    [("fit_gpytorch_mll", "fit_failed"), ("optimize_acqf_discrete", "acqf_failed")],
+)
+def test_failing_step_falls_back(monkeypatch, target, reason):
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"{target} exploded")
 
-    monkeypatch.setattr(bo, "fit_gpytorch_mll", broken_fit)
+    monkeypatch.setattr(bo, target, broken)
     x, y = history(10)
     proposal = bo.propose(x, y, 5, seed=0)
-    assert proposal.fallback == "fit_failed"
-    assert proposal.x.shape == (5, D)
-
-
-def test_failing_acquisition_falls_back(monkeypatch):
-    def broken_optimiser(*args, **kwargs):
-        raise RuntimeError("acquisition exploded")
-
-    monkeypatch.setattr(bo, "optimize_acqf_discrete", broken_optimiser)
-    x, y = history(10)
-    proposal = bo.propose(x, y, 5, seed=0)
-    assert proposal.fallback == "acqf_failed"
+    assert proposal.fallback == reason
     assert proposal.x.shape == (5, D)
 
 
