@@ -175,7 +175,7 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
             lines += [f"`greedy` and `hf-greedy` give the same answer on {same}/{shared} "
                       "shared problems (any difference is a bug).", ""]
         complete = {name: c for name, c in cells.items() if c["complete"]}
-        if "softreason" in complete and len(complete) > 1:
+        if "softreason" in complete:
             others = [n for n in sorted(complete, key=_method_order)
                       if n not in ("softreason", "greedy", "hf-greedy")]
             if others:
