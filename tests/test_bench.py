@@ -129,8 +129,39 @@ def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path)
 def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp_path):
     spec = runner.model_spec(pretrained=str(tiny_model_dir("llama")))
     opts = runner.Options(results_dir=tmp_path, model_args={"batch_size": 4, "device": "cpu"})
-    hf_args = runner.Runner(spec, opts).hf_model_args()
-    assert (hf_args["batch_size"], hf_args["device"], hf_args["dtype"]) == (4, "cpu", "float32")
+    run = runner.Runner(spec, opts)
+    hf_args = run.hf_model_args()
+    # dtype=auto is made concrete once (bf16 or float32, by CPU) and hf-greedy gets that one
+    assert run.load_args["dtype"] in ("float32", "bfloat16")
+    assert (hf_args["batch_size"], hf_args["device"], hf_args["dtype"]) == (
+        4, "cpu", run.load_args["dtype"])
+
+
+def test_cells_in_another_dtype_than_the_table_are_refused(tiny_model_dir, tmp_path, data_dir):
+    """A table never mixes dtypes: dtype=auto differs by machine, bf16 changes greedy paths."""
+    model_dir = tiny_model_dir("llama")
+    bf16 = runner.Runner(runner.model_spec(pretrained=str(model_dir), label="tiny"),
+                         runner.Options(results_dir=tmp_path, model_args={"dtype": "bfloat16"}))
+    settings = bf16.settings(METHODS["sr-nocoherence"], "svamp")
+    records.write_cell(records.cell_paths(tmp_path, "tiny", "svamp", "sr-nocoherence"),
+                       {"format": records.CELL_FORMAT, "model": "tiny", "task": "svamp",
+                        "method": "sr-nocoherence", "settings": settings})
+    with pytest.raises(ValueError, match=r"another dtype \(bfloat16: svamp/sr-nocoherence\); "
+                                         r"this run would use dtype=float32"):
+        runner.run(_argv(model_dir, tmp_path, data_dir))
+    assert not (tmp_path / "tiny" / "svamp" / "greedy.json").exists()  # nothing ran
+    # another label is another table: no clash, whatever this machine's auto dtype is
+    runner.Runner(runner.model_spec(pretrained=str(model_dir), label="tiny-f32"),
+                  runner.Options(results_dir=tmp_path)).check_table_dtype()
+
+
+def test_bench_model_dtype_is_pinned_and_regression_records_pin_it():
+    from lm_eval_softreason.bench.bench_model import bench_model
+
+    assert bench_model("qwen2.5-coder-1.5b").resolved_dtype() == "float32"
+    assert regression.with_dtype("batch_size=5", "float32") == "batch_size=5,dtype=float32"
+    assert regression.with_dtype("", "bfloat16") == "dtype=bfloat16"
+    assert regression.with_dtype("dtype=float16,k=3", "float32") == "dtype=float16,k=3"
 
 
 def test_resumed_cell_keeps_every_commit_that_wrote_it(tiny_model_dir, tmp_path):

@@ -88,6 +88,9 @@ BENCH_MODELS: dict[str, BenchModel] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         size_bytes=1_117_320_768,
         gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        # pinned, not "auto": auto is bf16 on CPUs with AVX512-BF16 and float32 on AVX2-only
+        # ones, and bf16 changes greedy paths, so the committed table (float32) would mix
+        dtype="float32",
     ),
 }
 

@@ -111,6 +111,15 @@ def default_spec(pretrained: str | None = None, bench_model: str | None = None,
             "task": task, "method": method, "limit": limit, "apply_chat_template": chat}
 
 
+def with_dtype(model_args: str, dtype: str) -> str:
+    """``model_args`` with ``dtype=<dtype>`` added unless it names a dtype already."""
+    from .runner import parse_kv
+
+    if "dtype" in parse_kv(model_args) or not dtype:
+        return model_args
+    return ",".join(filter(None, [model_args, f"dtype={dtype}"]))
+
+
 def run_eval(spec: dict, data_dir: str | None = None, progress: bool = False) -> dict:
     """Run ``spec`` through the benchmark runner (in a scratch results dir) and return the
     regression document: spec, settings, environment, problems."""
@@ -165,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = default_spec(args.pretrained, args.bench_model, args.model_args, args.task,
                             args.method, args.limit, not args.no_chat_template)
         doc = run_eval(spec, args.data_dir, progress=True)
+        # dtype=auto resolves per machine (bf16 where the CPU computes it natively), so the
+        # file pins what this run used: a check elsewhere then reruns the same dtype
+        doc["spec"]["model_args"] = with_dtype(spec["model_args"],
+                                               doc["settings"]["model_args"]["dtype"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"recorded {len(doc['problems'])} problems to {path}")

@@ -137,6 +137,23 @@ class Runner:
         self._builtin = False
         self.generate_s = 0.0  # time inside the current model's generate_until
 
+    def check_table_dtype(self) -> None:
+        """Refuse to add cells to a model's table in another dtype than the cells already there:
+        dtype=auto resolves per machine (bf16 on CPUs with AVX512-BF16, float32 on AVX2-only
+        ones), and bf16 changes greedy paths, so such rows would not be comparable."""
+        dtype = self.load_args["dtype"]
+        other: dict[str, list[str]] = {}
+        for _, cell in records.iter_cells(self.opts.results_dir):
+            cell_dtype = (cell.get("settings") or {}).get("model_args", {}).get("dtype")
+            if cell.get("model") == self.spec.label and cell_dtype and cell_dtype != dtype:
+                other.setdefault(cell_dtype, []).append(f"{cell['task']}/{cell['method']}")
+        if other:
+            found = "; ".join(f"{d}: {', '.join(sorted(c))}" for d, c in sorted(other.items()))
+            raise ValueError(
+                f"{self.opts.results_dir}/{self.spec.label}/ holds cells in another dtype "
+                f"({found}); this run would use dtype={dtype}. Pass --model-args dtype=<that "
+                "dtype> to add to that table, or --model-label to start a separate one.")
+
     # --- lm-eval objects ------------------------------------------------------------------
     def task_manager(self):
         if self._task_manager is None:
@@ -521,6 +538,7 @@ def run(argv: list[str], command: str | None = None) -> int:
             print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded")
         return 0
     runner = Runner(spec, opts)
+    runner.check_table_dtype()
     records.add_planned(opts.results_dir, spec.label, [(m.name, t, n) for m, t, n in cells])
     from tqdm import tqdm
 
