@@ -308,8 +308,9 @@ def test_planned_cells_that_never_started_are_listed_not_dropped(tmp_path):
     records.add_planned(tmp_path, "other", [("random", "svamp", 5)])
     assert records.read_planned(tmp_path)["m"] == [
         ("greedy", "svamp", 2), ("sc@10", "gsm8k_sr", 3), ("softreason", "svamp", 2)]
+    records.add_planned(tmp_path, "m", [("softreason", "svamp", 4)])  # chunked: 2, then 4
     text = report.render_markdown(report.load_cells(tmp_path))
-    assert "| `softreason` | not started (0/2 done) |" in text
+    assert "| `softreason` | not started (0/4 done) |" in text  # the largest limit asked
     assert "| `sc@10` | not started (0/3 done) |" in text
     assert "| `random` | not started (0/5 done) |" in text
     assert "No cell has started on this model yet." in text  # "other" ran nothing

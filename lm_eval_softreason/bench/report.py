@@ -56,7 +56,8 @@ def load_cells(results_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
                 cell["metrics"] = records.aggregate(list(cell["_records"].values()))
         table[cell["task"]][cell["model"]][cell["method"]] = cell
     for model, planned in records.read_planned(results_dir).items():
-        for method, task, limit in planned:
+        # a cell asked for at several limits (chunked runs: 10, 20, 30) targets the largest
+        for method, task, limit in sorted(planned, key=lambda c: -c[2]):
             table[task][model].setdefault(method, {
                 "task": task, "model": model, "method": method, "complete": False,
                 "n_done": 0, "n_target": limit, "_records": {}, "metrics": {}})
