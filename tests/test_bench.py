@@ -256,7 +256,8 @@ def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float
         records.append_sample(paths, row)
     records.write_cell(paths, {
         "format": 1, "model": "m", "task": "svamp", "method": method,
-        "complete": len(rows) >= n_target, "n_target": n_target, "n_done": len(rows),
+        "complete": len(rows) >= n_target, "n_target": n_target, "limit": n_target,
+        "n_done": len(rows),
         "metrics": records.aggregate(rows), "model_identity": {"pretrained": "some/model"},
         "settings": {"model_args": {"dtype": "bfloat16"}},
         "provenance": {"device": {"device": "cpu"}, "git": {"commit": "abc"}},
@@ -316,6 +317,9 @@ def test_planned_cells_that_never_started_are_listed_not_dropped(tmp_path):
     assert "No cell has started on this model yet." in text  # "other" ran nothing
     assert "| `greedy` | 0.500 ± 0.500 | 2 |" in text
     report.write_report(tmp_path)  # plots skip the empty cells
+    records.add_planned(tmp_path, "m", [("greedy", "svamp", 5), ("greedy", "svamp", 3)])
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert "| `greedy` | incomplete (2/5 done) |" in text
 
 
 def test_readme_block_is_refilled_from_the_cells_and_the_rest_kept(tmp_path):

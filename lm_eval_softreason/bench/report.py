@@ -56,11 +56,17 @@ def load_cells(results_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
                 cell["metrics"] = records.aggregate(list(cell["_records"].values()))
         table[cell["task"]][cell["model"]][cell["method"]] = cell
     for model, planned in records.read_planned(results_dir).items():
-        # a cell asked for at several limits (chunked runs: 10, 20, 30) targets the largest
-        for method, task, limit in sorted(planned, key=lambda c: -c[2]):
-            table[task][model].setdefault(method, {
+        largest: dict[tuple[str, str], int] = {}  # chunked runs ask for 10, 20, 30: take 30
+        for method, task, limit in planned:
+            largest[method, task] = max(limit, largest.get((method, task), 0))
+        for (method, task), limit in largest.items():
+            cell = table[task][model].setdefault(method, {
                 "task": task, "model": model, "method": method, "complete": False,
-                "n_done": 0, "n_target": limit, "_records": {}, "metrics": {}})
+                "n_done": 0, "n_target": limit, "limit": limit, "_records": {}, "metrics": {}})
+            # run so far to a smaller limit (10 of a planned 30): incomplete, not a finished
+            # row; a cell capped by the task's size (n_target < limit) is left as it is
+            if limit > cell.get("limit", limit) and cell["n_target"] >= cell["limit"]:
+                cell["n_target"], cell["complete"] = limit, False
     return table
 
 
