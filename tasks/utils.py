@@ -157,6 +157,13 @@ SOURCES: dict[str, Source] = {
                          "strategyqa", _strategyqa_row, "boolean"),
     "gsm8k": Source("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "train", "gsm8k",
                     _gsm8k_row, "numeric", local_train_file="gsm8k/train.jsonl"),
+    # Development splits: every default is tuned on these, never on the report splits above.
+    # dev700 is SVAMP's 1,000 minus the paper's 300 test questions, which is what the Hub copy
+    # keeps as its train split (700 rows).
+    "svamp_dev": Source("svamp/dev700.json", "ChilleD/SVAMP", None, "train", None, "svamp",
+                        _svamp_row, "numeric"),
+    "gsm8k_dev": Source("gsm8k/train.jsonl", "openai/gsm8k", "main", "train", None, "gsm8k",
+                        _gsm8k_row, "numeric"),
 }
 
 
@@ -262,6 +269,14 @@ def load_strategyqa(**kwargs):
 
 def load_gsm8k(**kwargs):
     return load_task_data("gsm8k", **kwargs)
+
+
+def load_svamp_dev(**kwargs):
+    return load_task_data("svamp_dev", **kwargs)
+
+
+def load_gsm8k_dev(**kwargs):
+    return load_task_data("gsm8k_dev", **kwargs)
 
 
 def load_smoke(**_: Any):

@@ -18,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "tasks"
 
 PAPER_TASKS = ("svamp", "gsm_hard", "strategyqa", "gsm8k_sr")
-ALL_TASKS = (*PAPER_TASKS, "softreason_smoke")
+DEV_TASKS = ("svamp_dev", "gsm8k_dev")
+ALL_TASKS = (*PAPER_TASKS, *DEV_TASKS, "softreason_smoke")
 COST_METRICS = ("gen_tokens", "prompt_tokens", "candidates", "rounds", "wall_s")
 CUE = "Let's think step by step."
 
@@ -48,7 +49,7 @@ def _prompt(task, doc, num_fewshot=0, **kwargs):
 def test_our_names_are_not_lm_eval_builtins():
     import lm_eval
 
-    ours = (*ALL_TASKS, "softreason_paper")
+    ours = (*ALL_TASKS, "softreason_paper", "softreason_dev")
     names = "|".join((*ours, "gsm8k"))  # gsm8k: a builtin, to show the scan finds names
     line = re.compile(rf"^\s*(?:(?:task|group|tag)\s*:|-)\s*['\"]?({names})['\"]?\s*$", re.M)
     found = set()
@@ -70,6 +71,8 @@ def test_tag_runs_the_four_paper_tasks(task_manager):
         ("gsm_hard", 1306, "-9867630", "numeric"),
         ("strategyqa", 687, "true", "boolean"),
         ("gsm8k_sr", 1319, "18", "numeric"),
+        ("svamp_dev", 700, "1", "numeric"),
+        ("gsm8k_dev", 7473, "72", "numeric"),
         ("softreason_smoke", 8, "7", "numeric"),
     ],
 )
@@ -81,6 +84,19 @@ def test_task_loads_normalised_docs(tasks, name, size, first_answer, answer_type
     assert {doc["answer_type"] for doc in docs} == {answer_type}
     assert all(doc["question"] and doc["answer"] for doc in docs)
     assert task.doc_to_target(docs[0]) == first_answer
+
+
+@pytest.mark.parametrize("dev, report", [("svamp_dev", "svamp"), ("gsm8k_dev", "gsm8k_sr")])
+def test_dev_split_shares_no_question_and_no_prompt_with_its_report_split(tasks, dev, report):
+    dev_docs, report_docs = list(tasks[dev].test_docs()), list(tasks[report].test_docs())
+    assert not {d["question"] for d in dev_docs} & {d["question"] for d in report_docs}
+    # same instruction, template and cue: a default tuned on dev transfers to the report task
+    assert _prompt(tasks[dev], dev_docs[0]).replace(dev_docs[0]["question"], "Q") == \
+        _prompt(tasks[report], report_docs[0]).replace(report_docs[0]["question"], "Q")
+
+
+def test_dev_tag_runs_the_two_dev_tasks(task_manager):
+    assert sorted(task_manager.load(["softreason_dev"])["tasks"]) == sorted(DEV_TASKS)
 
 
 def test_normalising_keeps_the_source_fields(tasks):
