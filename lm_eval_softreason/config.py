@@ -20,6 +20,7 @@ BASES = ("token", "zero")
 SIGMA_SCALES = ("embedding_rms", "absolute")
 SELECTS = ("vote", "best")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+CPU_LINEARS = ("auto", "aten", "onednn")
 
 # Keys lm-eval itself passes to every model (CLI --batch_size/--device/--max_batch_size) that
 # the search does not use; accepted so the stock CLI works, validated where they matter.
@@ -47,6 +48,11 @@ class SoftReasonConfig:
     batch_size: int | str = 1  # concurrent searches (cross-request batching); or "auto"
     max_batch_size: int | None = None
     seed: int = 1234
+    # --- CPU execution (no effect on GPUs) ---------------------------------------------------
+    # aten: torch's default linear (MKL sgemm, weights repacked at every call); onednn: weights
+    # prepacked once for oneDNN (results/cpu_engine.md); auto: onednn for float32 on CPU
+    cpu_linear: str = "auto"
+    threads: int | str = "auto"  # torch intra-op threads; auto: the CPUs this process may use
     # --- search ----------------------------------------------------------------------------
     search: str = "softreason"
     k: int = 5  # candidates per round
@@ -100,6 +106,10 @@ class SoftReasonConfig:
         _choice("select", self.select, SELECTS)
         _choice("answer_type", self.answer_type, ANSWER_TYPES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("cpu_linear", self.cpu_linear, CPU_LINEARS)
+        if self.threads != "auto" and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"softreason: model_args threads={self.threads!r} must be an "
+                             "integer >= 1 or auto")
         if not (self.device in ("auto", "cpu", "mps", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(
                 f"softreason: model_args device={self.device!r} is not allowed; "
@@ -145,7 +155,8 @@ class SoftReasonConfig:
     def fingerprint(self) -> str:
         """Short hash of everything that changes generated answers (model + search settings)."""
         d = asdict(self)
-        keep = {k: d[k] for k in ("pretrained", "gguf_file", "dtype", *_SEARCH_KEYS)}
+        keep = {k: d[k] for k in ("pretrained", "gguf_file", "dtype", "cpu_linear",
+                                  *_SEARCH_KEYS)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +187,8 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
     base = str(hint).replace(" | None", "").replace("Optional[", "").rstrip("]")
     if key == "batch_size" and text.startswith("auto"):
         return "auto"  # lm-eval's auto / auto:N: concurrent searches from free memory
+    if key == "threads" and text == "auto":
+        return "auto"
     try:
         if "bool" in base:
             if isinstance(raw, bool):

@@ -202,6 +202,9 @@ class DecodingEngine:
         # transformers >= 5.2x renamed the KV-cache argument `past_key_values` to `cache`
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # prefill needs the last position's logits only: a 1,200-token verifier prompt on a
+        # 151,936-token vocabulary would otherwise compute 1,200 rows of logits to use one
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     def _forward(self, cache: object | None, **inputs: torch.Tensor) -> tuple[torch.Tensor, object]:
         """One forward pass; returns (last-position logits as float32, updated cache)."""
@@ -232,7 +235,7 @@ class DecodingEngine:
             raise ValueError("prefill needs at least one prompt token")
         start = time.perf_counter()
         ids = torch.tensor([prompt_ids], device=self.device)
-        logits, cache = self._forward(None, input_ids=ids)
+        logits, cache = self._forward(None, input_ids=ids, **self._last_logits_only)
         self.stats.prefill_tokens += len(prompt_ids)
         self.stats.prefill_s += time.perf_counter() - start
         return Prefix(list(prompt_ids), cache, logits[0])

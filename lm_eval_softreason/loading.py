@@ -124,6 +124,52 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def available_cpus() -> int:
+    """CPUs this process may really use: the smallest of its affinity mask, its cgroup CPU
+    quota (containers) and ``OMP_NUM_THREADS``. torch's default counts the machine's cores,
+    and oversubscribed intra-op threads spin against each other: Qwen2.5-1.5B decoding fell
+    from 18-20 to 1.4-1.8 tok/s at 2 threads with two other jobs on a 2-core machine."""
+    limits = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
+    try:  # cgroup v2: "max 100000" (no quota) or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            limits.append(max(1, int(-(-int(quota) // int(period)))))
+    except (OSError, ValueError):
+        pass
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        limits.append(int(omp))
+    return max(1, min(limits))
+
+
+def resolve_cpu_linear(cpu_linear: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto``: ``onednn`` for float32 on CPU (2.3x decode on AMD EPYC, identical tokens on
+    the regression eval: results/cpu_engine.md), ``aten`` everywhere else."""
+    if cpu_linear != "auto":
+        return cpu_linear
+    return "onednn" if device.type == "cpu" and dtype == torch.float32 else "aten"
+
+
+def prepack_linears(model: PreTrainedModel) -> int:
+    """Replace every ``nn.Linear`` with torch's oneDNN ``MkldnnLinear`` (weights reordered once
+    for oneDNN instead of at every call, which is ~3/4 of float32 decode time with MKL on
+    AMD). CPU only. Returns how many layers were replaced."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("softreason: model_args cpu_linear=onednn needs a torch build with "
+                           "oneDNN (torch.backends.mkldnn.is_available() is False); use aten")
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        packed = MkldnnLinear(module, module.weight.dtype)
+        packed.in_features, packed.out_features = module.in_features, module.out_features
+        setattr(parent, child, packed)
+    return len(targets)
+
+
 def load_model_and_tokenizer(
     cfg: SoftReasonConfig,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
@@ -139,6 +185,10 @@ def load_model_and_tokenizer(
         source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
     )
     model.to(device).eval()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads if cfg.threads != "auto" else available_cpus())
+        if resolve_cpu_linear(cfg.cpu_linear, device, dtype) == "onednn":
+            prepack_linears(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name

@@ -229,3 +229,32 @@ def test_decode_many_refuses_caches_it_cannot_merge(engine, prompt_ids):
 
         _merge_left_padded([prefix.cache, odd], [1, 1])
     assert engine.decode_many([DecodeCall(prefix, None, max_new_tokens=2)])[0][0].token_ids
+
+
+def test_prefill_keeps_only_the_last_logits_and_they_match_a_full_forward(engine, prompt_ids):
+    prefix = engine.prefill(prompt_ids)
+    with torch.no_grad():
+        full = engine.model(torch.tensor([prompt_ids])).logits[0, -1].float()
+    torch.testing.assert_close(prefix.next_logits, full, rtol=1e-5, atol=1e-5)
+    assert engine._last_logits_only == {"logits_to_keep": 1}  # all three tiny archs take it
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_onednn_prepacked_linears_decode_the_same_tokens(tiny_model_dir, arch):
+    from lm_eval_softreason.loading import prepack_linears
+
+    model, tok = _peaked(tiny_model_dir(arch))
+    plain = DecodingEngine(model, tok)
+    ids = tok(PROMPT)["input_ids"]
+    soft = plain.embed([plain.prefill(ids).greedy_token]).repeat(3, 1) + 0.5 * torch.randn(
+        3, plain.hidden_size, generator=torch.Generator().manual_seed(0))
+    before = plain.decode(plain.prefill(ids), soft, max_new_tokens=12)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert prepack_linears(model) == linears > 0
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    packed = DecodingEngine(model, tok)
+    after = packed.decode(packed.prefill(ids), soft, max_new_tokens=12)
+    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+    for a, b in zip(after, before):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   rtol=1e-4, atol=1e-4)

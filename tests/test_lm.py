@@ -49,6 +49,9 @@ def _requests(gen_kwargs=None, questions=QUESTIONS):
         ({"sigma": "-1"}, "sigma=-1.0 must be > 0"),
         ({"min_rounds": 4, "max_rounds": 2}, "min_rounds=4 must be <= max_rounds=2"),
         ({"trust_remote_code": "maybe"}, "trust_remote_code='maybe' is not a valid true/false"),
+        ({"cpu_linear": "mkl"}, "cpu_linear='mkl' is not allowed; choose one of auto, aten, onednn"),
+        ({"threads": "0"}, "threads=0 must be an integer >= 1 or auto"),
+        ({"threads": "many"}, "threads='many' is not a valid integer"),
     ],
 )
 def test_bad_model_args_fail_at_construction_naming_key_and_value(args, fragment):
@@ -222,3 +225,29 @@ def test_greedy_mode_honours_the_tasks_do_sample_and_temperature(peaked_dir):
     sampled = lm.generate_until(_requests(hot), disable_tqdm=True)
     assert [str(x) for x in sampled] != [str(x) for x in greedy]
     assert sampled[0].stats["search"] == "sample"
+
+
+def test_available_cpus_honours_omp_num_threads_and_the_affinity_mask(monkeypatch):
+    import os
+
+    from lm_eval_softreason.loading import available_cpus
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    free = available_cpus()
+    assert 1 <= free <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cpus() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "999")
+    assert available_cpus() == free
+
+
+def test_cpu_linear_auto_prepacks_float32_on_cpu_only():
+    import torch
+
+    from lm_eval_softreason.loading import resolve_cpu_linear
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_cpu_linear("auto", cpu, torch.float32) == "onednn"
+    assert resolve_cpu_linear("auto", cpu, torch.bfloat16) == "aten"
+    assert resolve_cpu_linear("auto", gpu, torch.float32) == "aten"
+    assert resolve_cpu_linear("aten", cpu, torch.float32) == "aten"
