@@ -18,7 +18,8 @@ SEARCHES = ("softreason", "random", "greedy", "sc")
 ACQUISITIONS = ("logei", "ucb", "pi", "random")
 BASES = ("token", "zero")
 SIGMA_SCALES = ("embedding_rms", "absolute")
-SELECTS = ("vote", "best")
+SELECTS = ("vote", "vote_candidates", "weighted", "best")
+VERIFIERS = ("attempts", "grouped")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_LINEARS = ("auto", "aten", "onednn")
 
@@ -31,7 +32,21 @@ _SEARCH_KEYS = (
     "search", "k", "proj_dim", "sigma", "sigma_scale", "base", "max_rounds", "min_rounds",
     "stop_threshold", "token_budget", "w_verifier", "w_coherence", "acquisition", "select",
     "answer_type", "n", "temperature", "top_p", "box", "verifier_max_gen_toks", "seed",
+    "preset", "verifier", "rescore", "min_spread", "stop_unanimous",
 )
+
+# The defaults a preset decides (model_args preset=...); a key given explicitly wins.
+# v1: the package's first defaults (every cell committed before issue 18 ran with them).
+# v2: chosen on the development splits (results/dev/, README "Presets").
+PRESETS: dict[str, dict[str, Any]] = {
+    "v1": {"sigma": 1.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 2,
+           "stop_threshold": 0.01, "select": "vote", "verifier": "attempts", "rescore": False,
+           "min_spread": 0.0, "stop_unanimous": False},
+    "v2": {"sigma": 1.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 1,
+           "stop_threshold": 0.01, "select": "vote", "verifier": "grouped", "rescore": True,
+           "min_spread": 0.05, "stop_unanimous": True},
+}
+DEFAULT_PRESET = "v2"
 
 
 @dataclass
@@ -54,21 +69,28 @@ class SoftReasonConfig:
     cpu_linear: str = "auto"
     threads: int | str = "auto"  # torch intra-op threads; auto: the CPUs this process may use
     # --- search ----------------------------------------------------------------------------
+    # None below means "as the preset says" (PRESETS); the resolved value replaces it
+    preset: str = DEFAULT_PRESET
     search: str = "softreason"
     k: int = 5  # candidates per round
     proj_dim: int = 50  # d, the search space dimension
-    sigma: float = 1.0  # per-coordinate std of the perturbation (in sigma_scale units)
-    sigma_scale: str = "embedding_rms"
-    base: str = "token"
+    sigma: float | None = None  # per-coordinate std of the perturbation (in sigma_scale units)
+    sigma_scale: str | None = None
+    base: str | None = None
     box: float = 3.0  # search box [-box, box]^d for initial draws and acquisition alike
     max_rounds: int = 5
-    min_rounds: int = 2
-    stop_threshold: float = 0.01
+    min_rounds: int | None = None
+    stop_threshold: float | None = None
+    # cap on generated tokens (candidates + verifier); a round starts only if it should fit
     token_budget: int | None = None
+    stop_unanimous: bool | None = None  # stop after round 1 when all k candidates agree
     w_verifier: float = 1.0
     w_coherence: float = 1.0
+    verifier: str | None = None  # attempts (v1 prompt, any answer) | grouped (v2)
+    rescore: bool | None = None  # re-score every candidate against the latest verdict
+    min_spread: float | None = None  # reward spread below which the GP is not fitted
     acquisition: str = "logei"
-    select: str = "vote"
+    select: str | None = None
     answer_type: str = "auto"
     question_field: str = "question"
     verifier_max_gen_toks: int = 300
@@ -97,6 +119,13 @@ class SoftReasonConfig:
         cfg.validate()
         return cfg
 
+    def __post_init__(self) -> None:
+        """Fill every key left at None from the preset (explicit keys win)."""
+        _choice("preset", self.preset, tuple(PRESETS))
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad value and what is allowed."""
         _choice("search", self.search, SEARCHES)
@@ -104,6 +133,7 @@ class SoftReasonConfig:
         _choice("base", self.base, BASES)
         _choice("sigma_scale", self.sigma_scale, SIGMA_SCALES)
         _choice("select", self.select, SELECTS)
+        _choice("verifier", self.verifier, VERIFIERS)
         _choice("answer_type", self.answer_type, ANSWER_TYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("cpu_linear", self.cpu_linear, CPU_LINEARS)
@@ -138,7 +168,7 @@ class SoftReasonConfig:
                 )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"softreason: model_args top_p={self.top_p!r} must be in (0, 1]")
-        for name in ("w_verifier", "w_coherence", "stop_threshold"):
+        for name in ("w_verifier", "w_coherence", "stop_threshold", "min_spread"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"softreason: model_args {name}={getattr(self, name)!r} must be >= 0"

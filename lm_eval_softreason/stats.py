@@ -24,6 +24,7 @@ class RequestStats:
     stop_reason: str = ""
     candidate_answers: list[Any] = field(default_factory=list)
     verifier_answers: list[Any] = field(default_factory=list)
+    verdict_rounds: list[int] = field(default_factory=list)  # round of each verifier answer
     rewards: list[float] = field(default_factory=list)
     distinct_answers_per_round: list[int] = field(default_factory=list)
     answer: Any = None

@@ -10,7 +10,7 @@ import torch
 
 from lm_eval_softreason.search import bo
 from lm_eval_softreason.search.loop import RoundOutcome, run_loop
-from lm_eval_softreason.search.synthetic import projected_bump
+from lm_eval_softreason.search.synthetic import agreement_plateaus, projected_bump
 
 D = 50
 BOX = 3.0
@@ -195,3 +195,42 @@ def test_bo_finds_higher_rewards_than_random_search_at_equal_budget():
     assert statistics.mean(bo_best) > statistics.mean(random_best) + 0.1
     # Paired (same first round): BO is ahead on most seeds, not just on average.
     assert sum(b > r for b, r in zip(bo_best, random_best)) >= 6
+
+
+def _plateau_hits(acquisition: str, seed: int, min_spread: float) -> tuple[float, float]:
+    """(share of round-1 points, share of rounds 2-4 points) on the high plateau."""
+    objective = agreement_plateaus()
+    result = run_loop(lambda x: RoundOutcome(rewards=objective(x), tokens=0), d=D, k=5,
+                      max_rounds=4, min_rounds=4, acquisition=acquisition, seed=seed,
+                      min_spread=min_spread)
+    on = (result.rewards > 1.5).double()
+    return float(on[:5].mean()), float(on[5:].mean())
+
+
+def test_flat_plateau_explores_instead_of_fitting_coherence_noise():
+    objective = agreement_plateaus()
+    x = bo.random_points(10, D, 3.0, seed=3) * 0.1  # all well inside the agreement-0 plateau
+    y = objective(x)
+    assert float(y.max() - y.min()) < 0.01 and float(y.max()) < 1.5
+    flat = bo.propose(x, y, 5, seed=9, min_spread=0.05)
+    assert flat.fallback == "flat_rewards"
+    assert torch.equal(flat.x, bo.random_points(5, D, 3.0, seed=9))
+    assert bo.propose(x, y, 5, seed=9).fallback is None  # without the floor the GP fits noise
+
+
+def test_on_agreement_plateaus_bo_beats_random_and_the_floor_rescues_flat_starts():
+    seeds = range(12)
+    floor = {s: _plateau_hits("logei", s, 0.05) for s in seeds}
+    random_hits = [_plateau_hits("random", s, 0.05)[1] for s in seeds]
+    bo_hits = [later for _, later in floor.values()]
+    print(f"\nplateau share, rounds 2-4: logei {statistics.mean(bo_hits):.2f}, "
+          f"random {statistics.mean(random_hits):.2f}")
+    assert statistics.mean(bo_hits) > statistics.mean(random_hits) + 0.4
+    # starts whose first round saw only the low plateau: without the floor the GP chases
+    # coherence noise and never leaves it; with it the search explores and finds the step
+    flat_starts = [s for s in seeds if floor[s][0] == 0.0]
+    assert flat_starts, "the seeds must include a first round with no plateau point"
+    no_floor = [_plateau_hits("logei", s, 0.0)[1] for s in flat_starts]
+    with_floor = [floor[s][1] for s in flat_starts]
+    assert sum(with_floor) > sum(no_floor)
+    assert all(h > 0 for h in with_floor)

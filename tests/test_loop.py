@@ -21,10 +21,10 @@ class FakePropose:
         self.fallback = fallback
         self.sleep_s = sleep_s
 
-    def __call__(self, train_x, train_y, q, *, acquisition, box, seed):
+    def __call__(self, train_x, train_y, q, *, acquisition, box, seed, min_spread=0.0):
         self.calls.append(
             {"x": train_x.clone(), "y": train_y.clone(), "q": q,
-             "acquisition": acquisition, "box": box, "seed": seed}
+             "acquisition": acquisition, "box": box, "seed": seed, "min_spread": min_spread}
         )
         time.sleep(self.sleep_s)
         x = torch.full((q, train_x.shape[1]), 0.1 * len(self.calls), dtype=torch.float64)
@@ -75,10 +75,55 @@ def test_stops_once_improvement_fades():
 
 
 def test_token_budget_stops_even_before_min_rounds():
+    # 200 spent, a third round at the mean cost (100) would pass 250: it is not started
     evaluate = scripted([[float(r)] * K for r in range(10)], tokens=100)
     result = run_loop(evaluate, d=D, k=K, max_rounds=10, min_rounds=5, token_budget=250,
                       seed=0, propose=FakePropose())
+    assert (result.rounds, result.stop_reason, result.tokens) == (2, "token_budget", 200)
+    assert result.x.shape == (2 * K, D) and result.round_of == [1] * K + [2] * K
+
+
+def test_token_budget_lets_a_round_run_when_it_should_fit():
+    evaluate = scripted([[float(r)] * K for r in range(10)], tokens=100)
+    result = run_loop(evaluate, d=D, k=K, max_rounds=10, min_rounds=5, token_budget=300,
+                      seed=0, propose=FakePropose())
     assert (result.rounds, result.stop_reason, result.tokens) == (3, "token_budget", 300)
+
+
+def test_a_rescored_history_replaces_the_rewards_and_judges_improvement():
+    # round 2 re-scores round 1 down from 1.0 to 0.2; its own best 0.5 is then an improvement
+    # (against the stale 1.0 it would not be)
+    outcomes = iter([
+        RoundOutcome(rewards=torch.tensor([1.0] * K, dtype=torch.float64), tokens=0),
+        RoundOutcome(rewards=torch.tensor([0.5] * K, dtype=torch.float64), tokens=0,
+                     history=torch.tensor([0.2] * K + [0.5] * K, dtype=torch.float64)),
+        RoundOutcome(rewards=torch.tensor([0.5] * K, dtype=torch.float64), tokens=0),
+    ])
+    propose = FakePropose()
+    result = run_loop(lambda x: next(outcomes), d=D, k=K, max_rounds=4, min_rounds=2,
+                      seed=0, propose=propose)
+    assert (result.rounds, result.stop_reason) == (3, "no_improvement")
+    assert propose.calls[1]["y"].tolist() == [0.2] * K + [0.5] * K
+    with pytest.raises(ValueError, match="history of"):
+        run_loop(lambda x: RoundOutcome(torch.zeros(K), 0, history=torch.zeros(K + 1)), d=D, k=K,
+                 seed=0, propose=FakePropose())
+
+
+def test_an_evaluator_stop_is_honoured_from_min_rounds_on():
+    def evaluate(x):
+        return RoundOutcome(rewards=torch.rand(K, dtype=torch.float64), tokens=0, stop="unanimous")
+
+    assert run_loop(evaluate, d=D, k=K, max_rounds=5, min_rounds=1, seed=0,
+                    propose=FakePropose()).stop_reason == "unanimous"
+    late = run_loop(evaluate, d=D, k=K, max_rounds=5, min_rounds=3, seed=0, propose=FakePropose())
+    assert (late.rounds, late.stop_reason) == (3, "unanimous")
+
+
+def test_min_spread_reaches_propose():
+    propose = FakePropose()
+    run_loop(rising(0.02), d=D, k=K, max_rounds=2, min_rounds=2, seed=0, propose=propose,
+             min_spread=0.05)
+    assert propose.calls[0]["min_spread"] == 0.05
 
 
 def test_token_budget_reached_exactly_stops():

@@ -3,6 +3,7 @@ ablations, determinism. (The BO loop itself is tested in test_loop.py / test_bo.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -54,7 +55,10 @@ class FakeEngine:
         lp = float(torch.tensor(self.coherence).log())
         if soft is None:  # the verifier (or greedy)
             self.verifier_prompts.append(prefix.prompt_ids)
-            return [Candidate(f"Checked.\nAnswer: {self.verdict}", [1, 2], [lp, lp], "eos")] * n
+            verdict = self.verdict(len(self.verifier_prompts)) if callable(self.verdict) else (
+                self.verdict)
+            text = verdict if "\n" in str(verdict) else f"Checked.\nAnswer: {verdict}"
+            return [Candidate(text, [1, 2], [lp, lp], "eos")] * n
         out = []
         for row in soft:
             ans = self.answer_fn(row)
@@ -67,9 +71,9 @@ def _problem(**kw):
                    answer_type="numeric", render=lambda text: [9] * 5, **kw)
 
 
-def _cfg(**kw):
-    return replace(SoftReasonConfig(), **{"k": 4, "proj_dim": 6, "max_rounds": 3,
-                                          "min_rounds": 3, **kw})
+def _cfg(preset="v2", **kw):
+    return replace(SoftReasonConfig(preset=preset), **{"k": 4, "proj_dim": 6, "max_rounds": 3,
+                                                       "min_rounds": 3, **kw})
 
 
 def test_rewards_are_verifier_agreement_plus_coherence():
@@ -145,7 +149,7 @@ def test_verifier_prompt_holds_question_attempts_and_earlier_analyses():
     engine = FakeEngine()
     problem = _problem()
     problem.render = lambda text: seen.append(text) or [9]
-    softreason.search(_cfg(max_rounds=2, min_rounds=2), engine, problem)
+    softreason.search(_cfg("v1", max_rounds=2, min_rounds=2), engine, problem)
     assert len(seen) == 2
     assert "q?" in seen[0] and "Attempt 1:" in seen[0] and "Earlier check" not in seen[0]
     assert "Earlier check 1:" in seen[1] and "Checked." in seen[1]
@@ -190,3 +194,137 @@ def test_self_consistency_votes_over_samples():
     engine = FakeEngine(verdict="5")
     out = baselines.self_consistency(_cfg(n=3), engine, _problem())
     assert out.stats.candidates == 3 and out.stats.answer == 5.0
+
+
+# --- preset v2: grouped verifier, strict parse, re-scored rewards, stopping, selection -------
+
+
+def _alternating():
+    """Candidates answer 1, 2, 1, 2, ...: never a unanimous round."""
+    answers = itertools.cycle([1, 2])
+    return lambda v: next(answers)
+
+
+def test_presets_fill_only_the_keys_not_given():
+    v1, v2 = SoftReasonConfig.from_model_args(preset="v1"), SoftReasonConfig.from_model_args()
+    assert (v1.verifier, v1.rescore, v1.min_rounds, v1.stop_unanimous) == (
+        "attempts", False, 2, False)
+    assert (v2.preset, v2.verifier, v2.rescore, v2.stop_unanimous) == ("v2", "grouped", True, True)
+    mixed = SoftReasonConfig.from_model_args(preset="v1", sigma="4", verifier="grouped")
+    assert (mixed.sigma, mixed.verifier, mixed.rescore) == (4.0, "grouped", False)
+    assert v1.fingerprint() != v2.fingerprint() != mixed.fingerprint()
+    with pytest.raises(ValueError, match="preset='v3' is not allowed; choose one of v1, v2"):
+        SoftReasonConfig.from_model_args(preset="v3")
+
+
+def test_grouped_verifier_shows_each_answer_once_with_its_count_and_letter_labels():
+    seen = []
+    answers = iter([5, 5, 5, 9])
+    engine = FakeEngine(answer_fn=lambda v: next(answers))
+    problem = _problem()
+    problem.render = lambda text: seen.append(text) or [9]
+    softreason.search(_cfg(max_rounds=1, min_rounds=1), engine, problem)
+    [prompt] = seen
+    assert "Candidate A: final answer 5, reached by 3 of 4 attempts" in prompt
+    assert "Candidate B: final answer 9, reached by 1 of 4 attempts" in prompt
+    assert prompt.count("Its reasoning:") == 2 and "Attempt 1" not in prompt
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("I checked them.\nAttempt 3 is correct.", None),  # v1 read this as the answer 3
+    ("Checked.\nAnswer: attempt 3", None),
+    ("Candidate A is right, 3 apples.\nAnswer: A", None),
+    ("Work: 2 + 5 = 7.\n**Answer:** 7", 7.0),
+    ("Answer: 4\nOn reflection, 7.\nAnswer: 7", 7.0),
+])
+def test_grouped_verifier_reads_only_its_final_answer_line(reply, verdict):
+    engine = FakeEngine(verdict=reply, answer_fn=_alternating())
+    out = softreason.search(_cfg(max_rounds=1, min_rounds=1), engine, _problem())
+    assert out.stats.verifier_answers == [verdict]
+
+
+def test_rescored_rewards_follow_the_latest_verdict_across_rounds():
+    # the verdict flips from 1 to 2 in round 2: round 1's rewards must be re-scored against 2
+    engine = FakeEngine(verdict=lambda call: 1 if call == 1 else 2,
+                        answer_fn=_alternating())
+    out = softreason.search(_cfg(max_rounds=2, min_rounds=2), engine, _problem())
+    assert out.stats.verifier_answers == [1.0, 2.0]
+    for cand in out.trace["candidates"]:
+        assert cand["agree"] == (1.0 if cand["answer"] == 2.0 else 0.0)
+        assert cand["reward"] == pytest.approx(cand["agree"] + 0.5)
+    # v1 keeps each round's own verdict: round 1 agreed with 1
+    old = softreason.search(_cfg("v1", max_rounds=2, min_rounds=2), FakeEngine(
+        verdict=lambda call: 1 if call == 1 else 2, answer_fn=_alternating()),
+        _problem())
+    first = [c for c in old.trace["candidates"] if c["round"] == 1]
+    assert all(c["agree"] == (1.0 if c["answer"] == 1.0 else 0.0) for c in first)
+
+
+def test_the_gp_is_fitted_on_the_rescored_history(monkeypatch):
+    from lm_eval_softreason.search import bo
+
+    fitted = []
+    fit = bo._fit_gp
+
+    def spy(x, y, box):
+        fitted.append(y.clone())
+        return fit(x, y, box)
+
+    monkeypatch.setattr(bo, "_fit_gp", spy)
+    engine = FakeEngine(verdict=lambda call: 1 if call < 3 else 2,
+                        answer_fn=_alternating())
+    out = softreason.search(_cfg(max_rounds=3, min_rounds=3, acquisition="logei"), engine,
+                            _problem())
+    # the fit before round 3 sees round 1 and 2 scored against verdict 1; the final record
+    # has all of them against verdict 2 (the re-scored, current objective)
+    assert len(fitted) == 2 and fitted[1].shape == (8,)
+    final = torch.tensor(out.stats.rewards[:8], dtype=torch.float64)
+    answers = torch.tensor(out.stats.candidate_answers[:8])
+    assert torch.allclose(fitted[1], (answers == 1).double() + 0.5)
+    assert torch.allclose(final, (answers == 2).double() + 0.5)
+
+
+def test_unanimous_first_round_stops_without_a_verifier_call():
+    engine = FakeEngine(answer_fn=lambda v: 6)
+    out = softreason.search(_cfg(max_rounds=5, min_rounds=1), engine, _problem())
+    assert out.stats.rounds == 1 and out.stats.stop_reason == "unanimous"
+    assert engine.verifier_prompts == [] and out.stats.verifier_tokens == 0
+    assert out.stats.answer == 6.0
+    # a split first round goes on, and so does a unanimous one when the rule is off
+    split = softreason.search(_cfg(max_rounds=5, min_rounds=1), FakeEngine(), _problem())
+    assert split.stats.rounds > 1 or split.stats.stop_reason != "unanimous"
+    off = softreason.search(_cfg(max_rounds=2, min_rounds=2, stop_unanimous=False),
+                            FakeEngine(answer_fn=lambda v: 6), _problem())
+    assert off.stats.rounds == 2
+
+
+def test_token_budget_counts_verifier_tokens_and_stops_before_a_round_that_would_pass_it():
+    # a round costs 4 candidates x 3 tokens + 2 verifier tokens = 14
+    out = softreason.search(_cfg(max_rounds=5, min_rounds=5, token_budget=30), FakeEngine(),
+                            _problem())
+    assert out.stats.gen_tokens == 28 and out.stats.rounds == 2
+    assert out.stats.stop_reason == "token_budget"
+    # without the verifier's tokens the same budget affords more rounds: they are counted
+    cheap = softreason.search(_cfg(max_rounds=5, min_rounds=5, token_budget=30,
+                                   w_verifier=0.0), FakeEngine(), _problem())
+    assert cheap.stats.gen_tokens == 24 and cheap.stats.rounds == 2
+    assert softreason.search(_cfg(max_rounds=5, min_rounds=5, token_budget=36, w_verifier=0.0),
+                             FakeEngine(), _problem()).stats.rounds == 3
+
+
+def test_select_rules_read_the_same_candidates_differently():
+    engine = FakeEngine()
+    cands = [{"answer": 1.0, "reward": 0.2, "text": "a1"}, {"answer": 1.0, "reward": 0.2, "text": "a2"},
+             {"answer": 2.0, "reward": 1.5, "text": "b1"}]
+
+    def pick(select, verifier_answers):
+        state = softreason._Search(_cfg(select=select), engine, _problem())
+        state.candidates, state.verifier_answers = list(cands), list(verifier_answers)
+        state.analyses = ["check"] * len(verifier_answers)
+        state.choose()
+        return state.stats.answer
+
+    assert pick("vote_candidates", [2.0, 2.0]) == 1.0  # verifier answers do not vote
+    assert pick("vote", [2.0, 2.0]) == 2.0  # they do: 2 + 1 votes against 2
+    assert pick("weighted", []) == 2.0  # reward 1.5 against 0.4
+    assert pick("best", []) == 2.0

@@ -43,11 +43,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_class() -> str:
+    """The vector ISA class that decides CPU speed here: ``AVX512-BF16``, ``AVX512``,
+    ``AVX2`` or ``other`` (machines of one name, "AMD EPYC", come in both AVX2-only and
+    AVX512-BF16 kinds, and bf16/float32 speeds differ 3-5x between them)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    if "avx512f" in flags:
+        return "AVX512"
+    return "AVX2" if "avx2" in flags else "other"
+
+
 def device_info(device: Any) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"device": str(device), "cpu": cpu_name(), "cpu_class": cpu_class(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(str(device)))
     return info

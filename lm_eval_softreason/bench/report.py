@@ -157,8 +157,9 @@ def _model_line(cells: dict[str, dict]) -> str:
                       for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
+    cpu = ", ".join(str(device[k]) for k in ("cpu", "cpu_class") if device.get(k)) or "?"
     return (f"{what}; dtype {', '.join(dtypes)}; {device.get('device', '?')} "
-            f"({device.get('cpu', '?')}, {device.get('cpu_count', '?')} cores); "
+            f"({cpu}, {device.get('cpu_count', '?')} cores); "
             f"{shots}-shot, chat template {'on' if chat else 'off'}; "
             f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
             f"{prov.get('versions', {}).get('transformers', '?')}; commit {', '.join(commits)}")

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_LABEL = "smollm2-135m"
 # SoftReasonConfig keys that do not change answers (kept out of the settings hash)
-_NOT_SETTINGS = ("pretrained", "gguf_file", "device", "trace_dir", "batch_size", "max_batch_size")
+_NOT_SETTINGS = ("pretrained", "gguf_file", "device", "trace_dir", "batch_size", "max_batch_size",
+                 "threads")
 # model_args keys that lm-eval's hf model shares with ours
 _HF_KEYS = ("dtype", "device", "trust_remote_code", "max_length")
 
@@ -242,9 +243,8 @@ class Runner:
 
     # --- settings ---------------------------------------------------------------------------
     def cell_cfg(self, method: Method) -> SoftReasonConfig:
-        cfg = replace(self.base_cfg, **method.model_args)
-        cfg.validate()
-        return cfg
+        # built from the keys, not replace()d: a method's preset must fill the keys it decides
+        return SoftReasonConfig.from_model_args(**{**self.load_args, **method.model_args})
 
     def cell_model_args(self, method: Method) -> dict[str, Any]:
         if method.backend == "hf":

@@ -91,7 +91,7 @@ class Proposal:
         x: ``q x d`` points in the raw box ``[-box, box]^d``, dtype of ``train_x``.
         fallback: ``None`` when the GP chose the points; otherwise why random points were
             returned instead: ``"too_few_points"``, ``"nan_rewards"``,
-            ``"constant_rewards"``, ``"duplicate_points"``, ``"fit_failed"`` or
+            ``"constant_rewards"``, ``"flat_rewards"``, ``"duplicate_points"``, ``"fit_failed"`` or
             ``"acqf_failed"``. Always ``None`` for ``acquisition="random"``.
         fit_s: Seconds spent fitting the GP (0 when not fitted).
         acqf_s: Seconds spent building the pool and maximising the acquisition.
@@ -119,6 +119,7 @@ def propose(
     acquisition: str = "logei",
     box: float = 3.0,
     seed: int,
+    min_spread: float = 0.0,
 ) -> Proposal:
     """Propose the next ``q`` points to evaluate.
 
@@ -134,10 +135,15 @@ def propose(
             GP's input normalisation.
         seed: Makes the result deterministic. The global torch RNG is forked, not
             touched.
+        min_spread: When the rewards span less than this (raw units), return random points
+            (``fallback="flat_rewards"``). Outcome standardisation would otherwise blow a
+            spread of pure noise (Soft Reasoning's coherence differences of ~0.006 among
+            candidates that all agree) up to unit variance, and the GP would fit it as signal.
 
     Returns:
         A ``Proposal`` with ``x`` of shape ``q x d``. Degenerate data (fewer than two
-        usable points, all rewards equal, all points identical) or a failing fit /
+        usable points, all rewards equal or within ``min_spread``, all points identical) or a
+        failing fit /
         acquisition step give random points with ``fallback`` saying why; they never
         raise.
     """
@@ -154,6 +160,8 @@ def propose(
         raise ValueError(f"q={q}; must be >= 1")
     if not box > 0:
         raise ValueError(f"box={box}; must be > 0")
+    if not min_spread >= 0:
+        raise ValueError(f"min_spread={min_spread}; must be >= 0")
 
     d = train_x.shape[1]
     out_dtype = train_x.dtype if train_x.dtype.is_floating_point else torch.float64
@@ -172,8 +180,11 @@ def propose(
     x, y = x[finite], y[finite]
     if y.numel() < 2:
         return fallback("nan_rewards" if not bool(finite.all()) else "too_few_points")
-    if float(y.max() - y.min()) <= 1e-9 * max(1.0, float(y.abs().max())):
+    spread = float(y.max() - y.min())
+    if spread <= 1e-9 * max(1.0, float(y.abs().max())):
         return fallback("constant_rewards")
+    if spread < min_spread:
+        return fallback("flat_rewards")
     if torch.unique(x, dim=0).shape[0] < 2:
         return fallback("duplicate_points")
 

@@ -29,10 +29,18 @@ class RoundOutcome:
     Attributes:
         rewards: ``k`` rewards, higher is better; ``NaN`` where a point gave no reward.
         tokens: Tokens this round cost (its share of the budget).
+        history: Optional rewards of *every* point so far (earlier rounds first, this round
+            last) under the objective as it stands now; replaces the loop's record, so a
+            reward that depends on a verdict is re-scored when the verdict changes and the GP
+            always fits one stationary objective.
+        stop: Optional reason to stop after this round (say ``"unanimous"``); honoured from
+            ``min_rounds`` on.
     """
 
     rewards: Tensor
     tokens: int
+    history: Tensor | None = None
+    stop: str | None = None
 
 
 @dataclass
@@ -90,6 +98,7 @@ def run_loop(
     box: float = 3.0,
     seed: int,
     propose: Callable[..., bo.Proposal] = bo.propose,
+    min_spread: float = 0.0,
 ) -> LoopResult:
     """Run rounds of ``k`` points until a stopping rule fires.
 
@@ -101,17 +110,21 @@ def run_loop(
         min_rounds: Rounds always run (unless the token budget runs out first).
         stop_threshold: After a round ``r >= min_rounds`` whose best reward does not beat
             the best before it by at least this much, stop (``"no_improvement"``).
-        token_budget: Stop once cumulative tokens reach it (``"token_budget"``); checked
-            after each round, so the last round may overshoot.
+        token_budget: Cap on cumulative tokens (``"token_budget"``): stop once they reach
+            it, and do not start a round that would pass it if it cost the mean of the rounds
+            so far (a round's cost is only known after it, so the cap can still be passed by
+            a round dearer than the mean).
         acquisition: Passed to ``propose`` (``"random"`` gives random search).
         box: Points live in ``[-box, box]^d``.
         seed: Seeds round ``r`` with ``round_seed(seed, r)``.
-        propose: ``propose(train_x, train_y, q, acquisition=, box=, seed=) -> Proposal``;
-            injectable for tests.
+        propose: ``propose(train_x, train_y, q, acquisition=, box=, seed=, min_spread=)
+            -> Proposal``; injectable for tests.
+        min_spread: Passed to ``propose``: rewards that differ by less than this are noise,
+            and the round explores instead of fitting them.
 
     Returns:
         A ``LoopResult``. When several rules fire after the same round the reason is the
-        first of ``token_budget``, ``max_rounds``, ``no_improvement``.
+        first of ``token_budget``, ``max_rounds``, the evaluator's ``stop``, ``no_improvement``.
     """
     if d < 1 or k < 1:
         raise ValueError(f"d={d}, k={k}; both must be >= 1")
@@ -132,6 +145,11 @@ def run_loop(
     stop_reason = "max_rounds"
 
     for round_index in range(1, max_rounds + 1):
+        if (token_budget is not None and round_index > 1
+                and tokens + tokens / (round_index - 1) > token_budget):
+            round_index -= 1  # the rounds actually run
+            stop_reason = "token_budget"
+            break
         if round_index == 1:
             generator = torch.Generator().manual_seed(round_seed(seed, 1))
             x = torch.randn(k, d, generator=generator, dtype=torch.float64).clamp(-box, box)
@@ -144,6 +162,7 @@ def run_loop(
                 acquisition=acquisition,
                 box=box,
                 seed=round_seed(seed, round_index),
+                min_spread=min_spread,
             )
             bo_s += time.perf_counter() - start
             x = proposal.x.to(torch.float64)
@@ -162,6 +181,15 @@ def run_loop(
         rewards.append(round_rewards)
         round_of.extend([round_index] * k)
         tokens += int(outcome.tokens)
+        if outcome.history is not None:
+            history = torch.as_tensor(outcome.history, dtype=torch.float64).reshape(-1)
+            if history.shape != (len(round_of),):
+                raise ValueError(f"evaluate returned a history of {tuple(history.shape)} "
+                                 f"rewards for {len(round_of)} points")
+            rewards = list(history.split([k] * round_index))
+            round_rewards = rewards[-1]
+            # improvement is judged on the current objective: earlier rounds re-scored too
+            best_so_far = _best(torch.cat(rewards[:-1])) if round_index > 1 else float("-inf")
 
         round_best = _best(round_rewards)
         improved = round_best - best_so_far >= stop_threshold  # False for -inf - -inf (NaN)
@@ -172,6 +200,9 @@ def run_loop(
             break
         if round_index == max_rounds:
             stop_reason = "max_rounds"
+            break
+        if round_index >= min_rounds and outcome.stop:
+            stop_reason = outcome.stop
             break
         if round_index >= min_rounds and not improved:
             stop_reason = "no_improvement"

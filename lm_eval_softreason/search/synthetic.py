@@ -23,3 +23,25 @@ def projected_bump(
         return 2.0 * torch.exp(-((z - centre) ** 2).sum(-1) / width)
 
     return reward
+
+
+def agreement_plateaus(
+    d: int = 50, threshold: float = 0.85, coherence: float = 0.9, noise: float = 0.01
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A reward ``x (k x d) -> rewards (k,)`` shaped like Soft Reasoning's real one: verifier
+    agreement is a step (1 on the half-space ``x . u > threshold``, the region whose vectors
+    decode to the verdict's answer; 0 elsewhere, about 80% of N(0, I) draws), plus a coherence
+    term that is flat up to ``noise`` (a deterministic pseudo-random function of x). Plateaus
+    with tiny noise are what a standardised GP is tempted to fit as signal."""
+    generator = torch.Generator().manual_seed(4321)
+    direction = torch.randn(d, generator=generator, dtype=torch.float64)
+    direction = direction / direction.norm()
+    scramble = torch.randn(d, generator=generator, dtype=torch.float64)
+
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        agree = (x @ direction > threshold).to(torch.float64)
+        jitter = torch.frac(torch.sin(x @ scramble) * 43758.5453).abs()
+        return agree + coherence + noise * jitter
+
+    return reward

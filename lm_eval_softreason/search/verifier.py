@@ -34,3 +34,33 @@ def verification_prompt(
         parts += [f"Earlier check {i}:", analysis.strip(), ""]
     parts.append("Your check:")
     return "\n".join(parts)
+
+
+GROUPED_INSTRUCTION = (
+    "Several independent attempts at the problem below reached the final answers listed, each "
+    "shown with how many attempts reached it and the reasoning of one of them. Check that "
+    "reasoning: work through the problem yourself and decide which final answer is correct (it "
+    "may be none of them). Do not trust an answer just because many attempts reached it. End "
+    'with a last line "Answer: <final answer>" that gives the answer itself, not a label.'
+)
+
+
+def grouped_verification_prompt(
+    question: str, groups: list[tuple[str, Answer, int]], attempts: int
+) -> str:
+    """The user-turn text of one grouped verification call (preset v2).
+
+    Args:
+        question: the bare question.
+        groups: one (reasoning, answer, count) per distinct answer: the reasoning of one attempt
+            that reached it, and how many attempts did.
+        attempts: how many attempts there were in all (unparsable ones included).
+    Candidates are labelled with letters so that no label reads as a numeric answer.
+    """
+    parts = [GROUPED_INSTRUCTION, "", "Problem:", question.strip(), ""]
+    for i, (reasoning, answer, count) in enumerate(groups):
+        label = chr(ord("A") + i) if i < 26 else f"Z{i - 25}"
+        parts += [f"Candidate {label}: final answer {format_answer(answer)}, reached by {count} "
+                  f"of {attempts} attempts. Its reasoning:", reasoning.strip(), ""]
+    parts.append("Your check:")
+    return "\n".join(parts)
