@@ -159,15 +159,34 @@ def prepack_linears(model: PreTrainedModel) -> int:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("softreason: model_args cpu_linear=onednn needs a torch build with "
                            "oneDNN (torch.backends.mkldnn.is_available() is False); use aten")
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        packed = MkldnnLinear(module, module.weight.dtype)
-        packed.in_features, packed.out_features = module.in_features, module.out_features
-        setattr(parent, child, packed)
-    return len(targets)
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear)]
+    # no_grad: a packed copy made with autograd on keeps its dense source alive
+    with torch.no_grad():
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            dense = getattr(parent, child)
+            packed = MkldnnLinear(dense, dense.weight.dtype)
+            packed.in_features, packed.out_features = dense.in_features, dense.out_features
+            setattr(parent, child, packed)
+    dense = None  # the last dense layer too: nothing may hold the freed weights
+    _release_freed_memory()
+    return len(names)
+
+
+def _release_freed_memory() -> None:
+    """Hand the freed dense weights back to the OS: glibc keeps freed blocks in its arenas,
+    so without this the process holds both copies (SmolLM2: 1,469 MiB RSS instead of 1,054;
+    Qwen2.5-1.5B float32: about 6 GiB more)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the memory stays reserved
+        pass
 
 
 def load_model_and_tokenizer(
