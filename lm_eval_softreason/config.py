@@ -27,13 +27,18 @@ CPU_LINEARS = ("auto", "aten", "onednn")
 # the search does not use; accepted so the stock CLI works, validated where they matter.
 _LM_EVAL_PASSTHROUGH = ("max_batch_size",)
 
-# Search keys that change what generate_until returns; they form the cache fingerprint.
-_SEARCH_KEYS = (
-    "search", "k", "proj_dim", "sigma", "sigma_scale", "base", "max_rounds", "min_rounds",
-    "stop_threshold", "token_budget", "w_verifier", "w_coherence", "acquisition", "select",
-    "answer_type", "n", "temperature", "top_p", "box", "verifier_max_gen_toks", "seed",
-    "preset", "verifier", "rescore", "min_spread", "stop_unanimous",
-)
+# The fields that cannot change what ``generate_until`` returns for a request, and why. Every
+# other field is part of the configuration fingerprint (``SoftReasonConfig.fingerprint``), so a
+# field added later is fingerprinted unless it is listed here (tests/test_config.py checks both).
+NOT_IN_FINGERPRINT = {
+    "device": "where the model runs; the dtype it resolves to is fingerprinted, and device "
+              "changes no setting, only float rounding (as another machine would)",
+    "batch_size": "how many requests' searches run at once; each search is the same "
+                  "(tests/test_lockstep.py: equal to one at a time)",
+    "max_batch_size": "the cap of batch_size=auto",
+    "threads": "how many CPU threads compute; like device, it changes only float rounding",
+    "trace_dir": "where per-request traces are written",
+}
 
 # The defaults a preset decides (model_args preset=...); a key given explicitly wins.
 # v1: the package's first defaults (every cell committed before issue 18 ran with them).
@@ -183,11 +188,12 @@ class SoftReasonConfig:
             )
 
     def fingerprint(self) -> str:
-        """Short hash of everything that changes generated answers (model + search settings)."""
-        d = asdict(self)
-        keep = {k: d[k] for k in ("pretrained", "gguf_file", "dtype", "cpu_linear",
-                                  *_SEARCH_KEYS)}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        """Short hash of every field that can change a response: all fields but
+        ``NOT_IN_FINGERPRINT``. ``dtype=auto`` resolves per machine, so a caller that knows the
+        resolved dtype fingerprints ``replace(cfg, dtype=<resolved>)`` (as ``SoftReasonLM``
+        does); ``auto`` itself hashes as ``auto``."""
+        kept = {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -105,6 +105,8 @@ class SoftReasonLM(HFLM):
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         self._all_rank_totals: list[dict[str, float]] | None = None
         self.engine = DecodingEngine(self.model, self.tokenizer)
+        # dtype=auto is bfloat16 on some machines and float32 on others: fingerprint the one used
+        self._loaded_dtype = str(self.model.dtype).removeprefix("torch.")
         self._chat_used = False
         self._warned: set[str] = set()
         self.totals: dict[str, float] = {
@@ -214,7 +216,7 @@ class SoftReasonLM(HFLM):
         stats = outcome.stats
         stats.truncated = prep.truncated
         stats.forward_passes = engine_stats.forward_passes
-        stats.config_fingerprint = self.cfg.fingerprint()
+        stats.config_fingerprint = self.fingerprint()
         self._account(stats)
         return GenerationResult(outcome.text, stats.to_dict())
 
@@ -304,11 +306,16 @@ class SoftReasonLM(HFLM):
             self._warned.add(key)
             log.warning(message)
 
+    def fingerprint(self) -> str:
+        """The configuration fingerprint (``SoftReasonConfig.fingerprint``) with the dtype the
+        model was loaded in: what the cache table and every result's stats are keyed on."""
+        return replace(self.cfg, dtype=self._loaded_dtype).fingerprint()
+
     def set_cache_hook(self, cache_hook: Any) -> None:
         """lm-eval's --use_cache keys on (prompt, gen_kwargs) only; give each configuration
         its own table so a changed setting never reuses another configuration's answers."""
         super().set_cache_hook(cache_hook)
-        isolate_cache(cache_hook, self.cfg.fingerprint())
+        isolate_cache(cache_hook, self.fingerprint())
 
     # --- reporting ------------------------------------------------------------------------
     def gather_object(self, obj: Any, dst: int = 0) -> list | None:
@@ -330,7 +337,7 @@ class SoftReasonLM(HFLM):
             "model_dtype": str(self.model.dtype),
             "softreason_version": __version__,
             "softreason_config": self.cfg.to_dict(),
-            "softreason_fingerprint": self.cfg.fingerprint(),
+            "softreason_fingerprint": self.fingerprint(),
             "softreason_totals": (distributed.sum_totals(self._all_rank_totals)
                                   if self._all_rank_totals else dict(self.totals)),
             "softreason_world_size": self.world_size,

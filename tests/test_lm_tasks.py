@@ -62,15 +62,20 @@ def test_builtin_gsm8k_runs_with_softreason_offline_and_reports_run_totals(
 
 def test_request_cache_is_per_configuration(tiny_model_dir, tmp_path):
     db = str(tmp_path / "cache.db")
-    reqs = [Instance("generate_until", {"question": "1+1?"}, ("Question: 1+1?\nAnswer:",
-                     {"until": [], "max_gen_toks": 4}), 0, ("t", 0, 1))]
+    reqs = [Instance("generate_until", {"question": "1+1?", "input": "2+2?"},
+                     ("Question: 1+1?\nAnswer:", {"until": []}), 0, ("t", 0, 1))]
 
-    def run(k):
-        lm = SoftReasonLM(pretrained=str(tiny_model_dir("llama")), dtype="float32", k=k,
-                          max_rounds=2, verifier_max_gen_toks=4)
+    def run(**changes):
+        args = {"k": 2, "max_rounds": 2, "verifier_max_gen_toks": 4, "max_gen_toks": 4} | changes
+        lm = SoftReasonLM(pretrained=str(tiny_model_dir("llama")), dtype="float32", **args)
         [out] = CachingLM(lm, db).generate_until(reqs)
-        return lm.totals["requests"], out.stats["candidates"]
+        return lm.totals["requests"], out.stats["candidates"], out.stats["candidate_tokens"]
 
-    assert run(2) == (1, 4)  # computed
-    assert run(2) == (0, 4)  # same configuration: served from the cache
-    assert run(3) == (1, 6)  # k changed: fresh results, not k=2's answers
+    assert run() == (1, 4, 16)  # computed
+    assert run() == (0, 4, 16)  # same configuration: served from the cache
+    assert run(k=3) == (1, 6, 24)  # k changed: fresh results, not k=2's answers
+    # keys the fingerprint once left out: the task gives no max_gen_toks, so ours applies
+    assert run(max_gen_toks=6) == (1, 4, 24)
+    assert run(question_field="input")[0] == 1  # another verifier question: recomputed
+    assert run(max_length=128)[0] == 1
+    assert run(batch_size=2) == (0, 4, 16)  # concurrency changes no answer: reused

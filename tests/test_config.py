@@ -1,0 +1,55 @@
+"""The model_args dataclass: the configuration fingerprint covers every field that can change a
+response (``--use_cache`` keys its table on it)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields, replace
+
+import pytest
+
+from lm_eval_softreason.config import NOT_IN_FINGERPRINT, SoftReasonConfig
+
+
+def _another_value(value):
+    """A different value of the same kind (validity does not matter to the hash)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if value is None:
+        return "other"
+    raise TypeError(f"no other value for {value!r}: teach this test the field's type")
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(SoftReasonConfig)])
+def test_a_field_changes_the_fingerprint_unless_listed_as_output_neutral(name):
+    """Iterates the dataclass: a field added later is covered without touching this test, and
+    fails here if the fingerprint leaves it out without listing it in NOT_IN_FINGERPRINT."""
+    base = SoftReasonConfig()
+    changed = copy.copy(base)  # set, not replace()d: the hash sees every value, valid or not
+    setattr(changed, name, _another_value(getattr(base, name)))
+    if name in NOT_IN_FINGERPRINT:
+        assert changed.fingerprint() == base.fingerprint()
+    else:
+        assert changed.fingerprint() != base.fingerprint(), f"{name} is not fingerprinted"
+
+
+def test_output_neutral_list_names_real_fields_with_a_reason():
+    names = {f.name for f in fields(SoftReasonConfig)}
+    assert set(NOT_IN_FINGERPRINT) <= names
+    assert all(reason.strip() for reason in NOT_IN_FINGERPRINT.values())
+
+
+@pytest.mark.parametrize("name, value", [("question_field", "input"), ("max_length", 512),
+                                         ("max_gen_toks", 64)])
+def test_keys_the_old_fingerprint_missed_are_in(name, value):
+    base = SoftReasonConfig()
+    assert replace(base, **{name: value}).fingerprint() != base.fingerprint()
+
+
+def test_fingerprint_is_stable_and_short():
+    assert SoftReasonConfig(k=3).fingerprint() == SoftReasonConfig(k=3).fingerprint()
+    assert len(SoftReasonConfig().fingerprint()) == 16
