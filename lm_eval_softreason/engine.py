@@ -355,8 +355,27 @@ class DecodingEngine:
         return torch.multinomial(probs, 1, generator=generator).view(-1)
 
     def _hit_until(self, row: _Row, until: list[str]) -> bool:
-        row.text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-        return any(u in row.text for u in until)
+        """Whether the row's text now holds a stop string, decoding only its last tokens.
+
+        Called after every appended token, so a stop string first shows up when the newest
+        token completes it: it lies in the text of the last few tokens, and decoding those
+        alone (the idea of lm-eval's ``MultiTokenEOSCriteria``) keeps a step's cost fixed
+        instead of growing with the row. Every token but a skipped special one adds at least
+        one byte, so a stop string of B bytes spans at most B such tokens; two more keep the
+        window's first token, which can decode differently on its own (half a character, a
+        SentencePiece leading space), clear of it. Same answer as decoding the whole row
+        (tests/test_engine.py), which ``_finish`` does once to cut the text.
+        """
+        special = getattr(self, "_special_ids", None)
+        if special is None:
+            special = self._special_ids = frozenset(self.tokenizer.all_special_ids)
+        needed = max(len(u.encode("utf-8")) for u in until) + 2
+        start = len(row.token_ids)
+        while start > 0 and needed > 0:
+            start -= 1
+            needed -= row.token_ids[start] not in special
+        tail = self.tokenizer.decode(row.token_ids[start:], skip_special_tokens=True)
+        return any(u in tail for u in until)
 
     def _finish(self, row: _Row, until: list[str]) -> Candidate:
         text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)

@@ -111,6 +111,102 @@ def test_until_cuts_text_and_stops_counting(engine, prompt_ids):
     assert engine.stats.since(before).generated_tokens == len(cut.token_ids)
 
 
+def _full_text_hit(engine, row, until):
+    """The stop check as it was: decode the whole row at every step (quadratic in length)."""
+    text = engine.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+    return any(u in text for u in until)
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-style tokenizer (Metaspace: decoding drops the leading space), the
+    other family whose text a tail decode can see differently from the whole row's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import _TOKENIZER_CORPUS
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator(_TOKENIZER_CORPUS, trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("family", ["byte-level", "metaspace"])
+def test_tail_stop_check_stops_at_the_same_token_as_a_full_decode(family):
+    """Random token rows (special tokens and split characters included) and stop strings cut
+    from their own text: the tail check fires first at exactly the step the full one does."""
+    import random
+
+    from conftest import build_tiny_tokenizer
+    from lm_eval_softreason.engine import _Row
+
+    tok = build_tiny_tokenizer() if family == "byte-level" else _metaspace_tokenizer()
+    engine = DecodingEngine.__new__(DecodingEngine)  # only the tokenizer is used here
+    engine.tokenizer = tok
+    rng = random.Random(0)
+    vocab = list(range(len(tok)))
+    # mostly one-character tokens: windows are then as short as the bound allows
+    short = [i for i in vocab if len(tok.convert_ids_to_tokens(i)) == 1]
+    checked = 0
+    for _ in range(300):
+        ids = [rng.choice(short if rng.random() < 0.9 else vocab)
+               for _ in range(rng.randint(1, 40))]
+        text = tok.decode(ids, skip_special_tokens=True)
+        if len(text) < 2:
+            continue
+        spaces = [i for i, ch in enumerate(text[:-1]) if ch == " "]
+        # half the stops start at a space: the character a tail decode may drop
+        start = rng.choice(spaces) if spaces and rng.random() < 0.5 else rng.randrange(len(text) - 1)
+        until = [text[start:start + rng.randint(1, 8)]]
+        row, ours, full = _Row(), None, None
+        for step, token in enumerate(ids):
+            row.token_ids.append(token)
+            ours = step if ours is None and engine._hit_until(row, until) else ours
+            full = step if full is None and _full_text_hit(engine, row, until) else full
+        assert ours == full, (ids, until)
+        checked += full is not None
+    assert checked > 200  # most rows do reach their stop string
+
+
+def test_decode_with_stops_equals_the_full_decode_check(engine, prompt_ids, monkeypatch):
+    prefix = engine.prefill(prompt_ids)
+    soft = torch.randn(4, engine.hidden_size, generator=torch.Generator().manual_seed(4))
+    [free] = engine.decode(prefix, None, max_new_tokens=40)
+    stops = [[free.text[i:i + n]] for i in (3, 10, 25) for n in (1, 3)] + [["Question:", "7"]]
+    ours = [engine.decode(prefix, soft, until=u, max_new_tokens=40) for u in stops]
+    monkeypatch.setattr(DecodingEngine, "_hit_until", _full_text_hit)
+    full = [engine.decode(prefix, soft, until=u, max_new_tokens=40) for u in stops]
+    assert [[(c.text, c.token_ids, c.stop_reason) for c in r] for r in ours] == \
+        [[(c.text, c.token_ids, c.stop_reason) for c in r] for r in full]
+    assert any(c.stop_reason == "until" for r in ours for c in r)
+
+
+def test_stop_check_decodes_a_fixed_tail_not_the_whole_row(engine, prompt_ids, monkeypatch):
+    """Per step the check decodes at most len(stop) + 2 text tokens; only ``_finish`` decodes the
+    whole row, once: linear in the row's length, not quadratic."""
+    prefix = engine.prefill(prompt_ids)
+    lengths: list[int] = []
+    decode = type(engine.tokenizer).decode
+
+    def counted(self, ids, *args, **kwargs):
+        lengths.append(len(ids))
+        return decode(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine.tokenizer), "decode", counted)
+    monkeypatch.setattr(engine, "eos_ids", frozenset())  # run the full 60 steps
+    stop = "\x00never"  # 6 bytes, never generated
+    [cand] = engine.decode(prefix, None, until=[stop], max_new_tokens=60)
+    assert cand.stop_reason == "max_tokens" and len(cand.token_ids) == 60
+    assert lengths[-1] == 60 and lengths.count(60) == 1  # the one full decode, in _finish
+    # (special tokens decode to nothing, so the window reaches past the ones in the row)
+    specials = sum(t in engine.tokenizer.all_special_ids for t in cand.token_ids)
+    assert max(lengths[:-1]) <= len(stop.encode()) + 2 + specials < 60
+    assert len(lengths) == 60 + 1
+
+
 def test_max_new_tokens_is_honoured(engine, prompt_ids):
     prefix = engine.prefill(prompt_ids)
     assert [len(c.token_ids) for c in engine.decode(prefix, None, max_new_tokens=3, n=2)] == [3, 3]
