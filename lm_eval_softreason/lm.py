@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -80,6 +81,24 @@ def _context_and_kwargs(request: Any) -> tuple[str, dict]:
     return context, dict(gen_kwargs)
 
 
+def chat_opening(render: Callable[[list[dict[str, str]]], str]) -> str:
+    """The text every prompt rendered by a chat template starts with: the common prefix of
+    four conversations that differ in every message (with and without a system turn, which
+    some templates refuse). "" when there is no template or no such prefix beyond whitespace.
+
+    ``render`` turns a message list into the prompt string (the tokenizer's template)."""
+    user = [[{"role": "user", "content": c}] for c in ("x", "y")]
+    system = [[{"role": "system", "content": c}, *user[0]] for c in ("s", "t")]
+    rendered = []
+    for messages in user + system:
+        try:
+            rendered.append(render(messages))
+        except Exception:  # no template, or one that refuses a system turn
+            continue
+    opening = os.path.commonprefix(rendered) if len(rendered) >= 2 else ""
+    return opening if opening.strip() else ""
+
+
 def request_seed(seed: int, context: str, repeat: int = 0) -> int:
     """Per-request seed from (config seed, request text, repeat index): independent of order
     and sharding; the repeats of a task with ``repeats: N`` get N different seeds."""
@@ -107,7 +126,11 @@ class SoftReasonLM(HFLM):
         self.engine = DecodingEngine(self.model, self.tokenizer)
         # dtype=auto is bfloat16 on some machines and float32 on others: fingerprint the one used
         self._loaded_dtype = str(self.model.dtype).removeprefix("torch.")
-        self._chat_used = False
+        # what every chat-formatted prompt of this model starts with ("" if it has no template)
+        self._chat_opening = chat_opening(self._render_chat)
+        if not self._chat_opening and getattr(self.tokenizer, "chat_template", None):
+            log.warning("softreason: cannot tell this chat template's prompts from plain ones; "
+                        "the verifier's prompt will be plain text")
         self._warned: set[str] = set()
         self.totals: dict[str, float] = {
             "requests": 0, "gen_tokens": 0, "prompt_tokens": 0, "candidates": 0, "rounds": 0,
@@ -134,14 +157,23 @@ class SoftReasonLM(HFLM):
                 extra["device"] = "auto"
         return cls(**arg_dict, **extra)
 
-    # --- chat templates: remember that the run uses one, so the verifier can too ---------------
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        self._chat_used = True
-        return super().apply_chat_template(chat_history, add_generation_prompt)
+    # --- the verifier's prompt: chat-formatted when the request's prompt is -----------------
+    def _render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
 
-    def _render_user_turn(self, text: str) -> list[int]:
-        if self._chat_used:
-            return self._encode(super().apply_chat_template([{"role": "user", "content": text}]))
+    def verifier_uses_chat(self, context: str) -> bool:
+        """Whether the verifier's prompt for a request with this context is chat-formatted: as
+        the request's own prompt is. lm-eval's ``--apply_chat_template`` renders the context
+        with the model's chat template, so it starts with the template's opening exactly then.
+        A function of the request (and the model) only, never of earlier calls."""
+        return bool(self._chat_opening) and context.startswith(self._chat_opening)
+
+    def _render_user_turn(self, text: str, chat: bool) -> list[int]:
+        """Token ids of a verifier instruction: one user turn of the chat template (with the
+        assistant turn opened), or the plain text and a newline."""
+        if chat:
+            return self._encode(self.apply_chat_template([{"role": "user", "content": text}]))
         return self._encode(text + "\n")
 
     def _encode(self, text: str) -> list[int]:
@@ -257,7 +289,8 @@ class SoftReasonLM(HFLM):
         problem = Problem(
             prompt_ids=ids, question=str(question) if question else context, until=until,
             max_gen_toks=max_gen_toks, seed=request_seed(self.cfg.seed, context, repeat),
-            answer_type=answer_type, render=self._render_user_turn,
+            answer_type=answer_type,
+            render=partial(self._render_user_turn, chat=self.verifier_uses_chat(context)),
         )
         return _Prepared(problem, truncated, sampling)
 

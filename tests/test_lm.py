@@ -104,6 +104,59 @@ def test_request_seed_depends_on_seed_and_text_only():
     assert request_seed(1, "a") != request_seed(2, "a") != request_seed(1, "b")
 
 
+def _verifier_prompt(lm, context: str) -> str:
+    """The text of the verifier prompt a request with ``context`` would get."""
+    request = Instance("generate_until", {"question": "q"}, (context, {"until": []}), 0)
+    problem = lm._problem(context, {"until": []}, request).problem
+    return lm.tokenizer.decode(problem.render("Check this."))
+
+
+def test_verifier_prompt_follows_the_request_not_what_ran_before(peaked_dir):
+    lm = _lm(peaked_dir)
+    plain = "Question: 1+1?\nAnswer:"
+    chat = lm.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": plain}]) + "Let's think."
+    # plain first, then chat, then plain again: each request decides for itself
+    assert _verifier_prompt(lm, plain) == "Check this.\n"
+    assert _verifier_prompt(lm, chat) == "<|im_start|>user\nCheck this.<|im_end|>\n" \
+                                         "<|im_start|>assistant\n"
+    assert _verifier_prompt(lm, plain) == "Check this.\n"
+    assert _verifier_prompt(_lm(peaked_dir), chat) == _verifier_prompt(lm, chat)
+
+
+def test_chat_opening_is_what_every_rendering_starts_with():
+    from lm_eval_softreason.lm import chat_opening
+
+    def chatml(messages):
+        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+    def no_system(messages):
+        if messages[0]["role"] == "system":
+            raise ValueError("System role not supported")
+        return "<s>[INST] " + messages[0]["content"] + " [/INST]"
+
+    def no_template(messages):
+        raise ValueError("Cannot use chat template functions: no chat template is set")
+
+    assert chat_opening(chatml) == "<|im_start|>"
+    assert chat_opening(no_system) == "<s>[INST] "
+    assert chat_opening(no_template) == ""
+    assert chat_opening(lambda messages: "  " + messages[-1]["content"]) == ""
+
+
+def test_without_a_chat_template_the_verifier_prompt_is_plain(peaked_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(peaked_dir, tmp_path / "m")
+    (tmp_path / "m" / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(peaked_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "m")
+    assert _verifier_prompt(_lm(tmp_path / "m"), "<|im_start|>user\nx") == "Check this.\n"
+
+
 def test_a_failing_search_falls_back_to_greedy_and_the_run_goes_on(peaked_dir, monkeypatch):
     import lm_eval_softreason.lm as lm_module
 

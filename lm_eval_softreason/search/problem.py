@@ -19,8 +19,8 @@ class Problem:
     max_gen_toks: int
     seed: int  # per-request seed, derived from (config seed, request text)
     answer_type: str = "auto"
-    # turns a verifier instruction (user-turn text) into prompt token ids, applying the chat
-    # template when the run uses one; supplied by the lm-eval adapter
+    # turns a verifier instruction (user-turn text) into prompt token ids, in the chat template
+    # when this request's own prompt is in it; supplied by the lm-eval adapter
     render: Callable[[str], list[int]] = field(default=lambda text: [])
 
 
