@@ -4,9 +4,11 @@ Data: each ``load_<task>`` is a ``custom_dataset`` and returns a ``DatasetDict``
 split and a ``fewshot`` split of exemplars. The test data comes from a local data directory
 (metadata ``data_dir``, e.g. ``--metadata '{"data_dir": "../shared/data"}'``, else the
 environment variable ``LM_EVAL_SOFTREASON_DATA``; relative paths are relative to the current
-directory), else from the Hugging Face Hub. Exemplars come from ``<data_dir>/fewshot/
-exemplars.json`` (the paper's 8 per task), else from the first rows of the Hub dataset's train
-split where it has one.
+directory), else from the Hugging Face Hub. Exemplars are the paper's 8 per task, from
+``<data_dir>/fewshot/exemplars.json`` only (the paper repository's
+``data/few_shot_example.json``; no Hub dataset has them): without that file the ``fewshot``
+split is empty and ``--num_fewshot N`` fails with a message saying where to put it
+(``PaperExemplars``), rather than silently prompting with other rows.
 
 Every row is normalised to ``question``, ``answer`` (the gold answer as prompt text: "18",
 "0.75", "true"), ``answer_type`` ("numeric" or "boolean", for ``answers.extract_answer``) and
@@ -30,12 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lm_eval.api.samplers import FirstNSampler
+
 from lm_eval_softreason.answers import answers_match, extract_answer, format_answer, parse_gold
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "LM_EVAL_SOFTREASON_DATA"
-NUM_EXEMPLARS = 8
+EXEMPLARS_FILE = "fewshot/exemplars.json"  # inside the data directory
+EXEMPLARS_SOURCE = ("https://github.com/alickzhu/Soft-Reasoning, file data/few_shot_example.json")
 COST_METRICS = ("gen_tokens", "prompt_tokens", "candidates", "rounds", "wall_s")
 _REASONING_CUE = re.compile(r"^\s*let[’']s think step by step\.?\s*", re.IGNORECASE)
 
@@ -141,28 +146,26 @@ class Source:
     hub_id: str
     hub_config: str | None
     hub_test_split: str
-    hub_train_split: str | None  # exemplar fallback: its first NUM_EXEMPLARS rows
     exemplar_key: str  # key in <data_dir>/fewshot/exemplars.json
     normalise: Callable[[dict], dict]
     answer_type: str
-    local_train_file: str | None = None  # exemplar fallback before the Hub
 
 
 SOURCES: dict[str, Source] = {
-    "svamp": Source("svamp/test300.json", "ChilleD/SVAMP", None, "test", "train", "svamp",
+    "svamp": Source("svamp/test300.json", "ChilleD/SVAMP", None, "test", "svamp",
                     _svamp_row, "numeric"),
-    "gsm_hard": Source("gsm_hard/test.json", "reasoning-machines/gsm-hard", None, "train", None,
+    "gsm_hard": Source("gsm_hard/test.json", "reasoning-machines/gsm-hard", None, "train",
                        "gsm_hard", _gsm_hard_row, "numeric"),
-    "strategyqa": Source("strategyqa/test.json", "ChilleD/StrategyQA", None, "test", "train",
+    "strategyqa": Source("strategyqa/test.json", "ChilleD/StrategyQA", None, "test",
                          "strategyqa", _strategyqa_row, "boolean"),
-    "gsm8k": Source("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "train", "gsm8k",
-                    _gsm8k_row, "numeric", local_train_file="gsm8k/train.jsonl"),
+    "gsm8k": Source("gsm8k/test.jsonl", "openai/gsm8k", "main", "test", "gsm8k",
+                    _gsm8k_row, "numeric"),
     # Development splits: every default is tuned on these, never on the report splits above.
     # dev700 is SVAMP's 1,000 minus the paper's 300 test questions, which is what the Hub copy
     # keeps as its train split (700 rows).
-    "svamp_dev": Source("svamp/dev700.json", "ChilleD/SVAMP", None, "train", None, "svamp",
+    "svamp_dev": Source("svamp/dev700.json", "ChilleD/SVAMP", None, "train", "svamp",
                         _svamp_row, "numeric"),
-    "gsm8k_dev": Source("gsm8k/train.jsonl", "openai/gsm8k", "main", "train", None, "gsm8k",
+    "gsm8k_dev": Source("gsm8k/train.jsonl", "openai/gsm8k", "main", "train", "gsm8k",
                         _gsm8k_row, "numeric"),
 }
 
@@ -215,27 +218,38 @@ def _load_test_rows(name: str, source: Source, data_dir: Path | None) -> list[di
 
 
 def _load_exemplars(name: str, source: Source, data_dir: Path | None) -> list[dict]:
-    """The paper's exemplars, else the first rows of a train split (local, then Hub), else []."""
-    if data_dir is not None:
-        path = data_dir / "fewshot" / "exemplars.json"
-        if path.is_file() and source.exemplar_key in (exemplars := _read_rows(path)):
-            return [_exemplar_row(row, source.answer_type) for row in exemplars[source.exemplar_key]]
-        if source.local_train_file and (data_dir / source.local_train_file).is_file():
-            rows = _read_rows(data_dir / source.local_train_file)[:NUM_EXEMPLARS]
-            return [source.normalise(row) for row in rows]
-    if source.hub_train_split is None:
-        reason = f"{source.hub_id!r} has no train split"
+    """The paper's exemplars for ``source`` from ``<data_dir>/fewshot/exemplars.json``, in the
+    paper's order; [] (logged, and refused by ``PaperExemplars`` if few-shot is asked) when
+    the file or its entry is missing."""
+    if data_dir is None:
+        reason = f"no data directory (metadata 'data_dir' and ${DATA_DIR_ENV} unset)"
+    elif not (path := data_dir / EXEMPLARS_FILE).is_file():
+        reason = f"{path.resolve()} not found"
+    elif source.exemplar_key not in (exemplars := _read_rows(path)):
+        reason = f"{path.resolve()} has no {source.exemplar_key!r} entry"
     else:
-        try:
-            rows = _hub_rows(source.hub_id, source.hub_config, source.hub_train_split)
-            return [source.normalise(row) for row in rows[:NUM_EXEMPLARS]]
-        except Exception as err:  # noqa: BLE001 - few-shot is optional, zero-shot still works
-            reason = f"its Hub train split failed ({type(err).__name__}: {err})"
-    logger.warning(
-        "%s: no few-shot exemplars (no %r in <data_dir>/fewshot/exemplars.json, and %s); "
-        "--num_fewshot > 0 will fail for this task", name, source.exemplar_key, reason,
-    )
+        return [_exemplar_row(row, source.answer_type)
+                for row in exemplars[source.exemplar_key]]
+    logger.info("%s: no paper exemplars (%s): zero-shot only", name, reason)
     return []
+
+
+class PaperExemplars(FirstNSampler):
+    """lm-eval's ``first_n`` sampler over the paper's exemplars (the ``fewshot`` split, in the
+    paper's order) that refuses, naming the fix, to give fewer than asked: without this, an
+    empty split fails deep inside lm-eval and a short one silently gives fewer shots."""
+
+    def sample(self, n: int, eval_doc=None, df=None, **kwargs):
+        available = len(df or self.df)
+        if n > available:
+            raise ValueError(
+                f"--num_fewshot {n}: the softreason tasks prompt with the Soft Reasoning "
+                f"paper's own exemplars only, and {available} are available (8 per task when "
+                f"found). They are read from <data_dir>/{EXEMPLARS_FILE} (the paper's "
+                f"{EXEMPLARS_SOURCE}); point --metadata '{{\"data_dir\": \"/path/to/data\"}}'"
+                f" or ${DATA_DIR_ENV} at a directory that holds it, or run zero-shot."
+            )
+        return super().sample(n, eval_doc=eval_doc, df=df, **kwargs)
 
 
 def load_task_data(name: str, data_dir: str | os.PathLike | None = None, **_: Any):

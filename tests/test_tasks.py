@@ -253,14 +253,27 @@ def test_data_dir_comes_from_the_environment_variable(monkeypatch, data_dir):
     assert dataset["test"].num_rows == 300 and dataset["fewshot"].num_rows == 8
 
 
-def test_exemplars_fall_back_to_the_local_train_split(tmp_path, data_dir):
-    (tmp_path / "gsm8k").mkdir()  # a data dir without fewshot/exemplars.json
-    for split in ("test", "train"):
-        (tmp_path / "gsm8k" / f"{split}.jsonl").symlink_to(data_dir / "gsm8k" / f"{split}.jsonl")
-    fewshot = _utils().load_gsm8k(data_dir=str(tmp_path))["fewshot"]
-    assert fewshot.num_rows == 8
-    assert fewshot[0]["thought"].startswith("Natalia sold 48/2 = 24 clips in May.")
-    assert fewshot[0]["answer"] == "72"
+def test_few_shot_without_the_paper_exemplars_fails_naming_the_file(tmp_path, data_dir):
+    """No train-row stand-ins: a data dir without fewshot/exemplars.json (or the Hub) gives
+    zero-shot prompts, and --num_fewshot 8 a clear error instead of other exemplars."""
+    from lm_eval.tasks import TaskManager
+
+    (tmp_path / "svamp").mkdir()
+    (tmp_path / "svamp" / "test300.json").symlink_to(data_dir / "svamp" / "test300.json")
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                          metadata={"data_dir": str(tmp_path)})
+    task = manager.load(["svamp"])["tasks"]["svamp"]
+    doc = _docs(task, 1)[0]
+    assert _prompt(task, doc).endswith(f"Question: {doc['question']}\n{CUE}")
+    with pytest.raises(ValueError, match=r"--num_fewshot 8: .*paper's own exemplars only, and 0 "
+                                         r"are available.*<data_dir>/fewshot/exemplars\.json"):
+        _prompt(task, doc, num_fewshot=8)
+
+
+def test_more_shots_than_the_paper_has_are_refused_not_cut(tasks):
+    task = tasks["svamp"]
+    with pytest.raises(ValueError, match="--num_fewshot 9: .* 8 are available"):
+        _prompt(task, _docs(task, 1)[0], num_fewshot=9)
 
 
 def test_smoke_needs_no_data_dir(monkeypatch):
@@ -288,8 +301,6 @@ HUB_ROWS = {  # the Hub datasets' own field layouts
         "facts": ["Ice hockey is played on skates.", "Legs are needed to skate."],
     }],
 }
-HUB_ROWS[("ChilleD/SVAMP", "train")] = HUB_ROWS[("ChilleD/SVAMP", "test")] * 10
-HUB_ROWS[("ChilleD/StrategyQA", "train")] = HUB_ROWS[("ChilleD/StrategyQA", "test")] * 10
 
 
 def test_hub_rows_are_normalised_like_the_local_files(monkeypatch):
@@ -301,13 +312,15 @@ def test_hub_rows_are_normalised_like_the_local_files(monkeypatch):
     row = svamp["test"][0]
     assert (row["question"], row["answer"], row["ID"]) == (
         HUB_ROWS["ChilleD/SVAMP", "test"][0]["question_concat"], "27", "chal-777")
-    assert svamp["fewshot"].num_rows == 8  # first rows of the train split
-    assert svamp["fewshot"][0]["thought"] == "The answer is ( 62.0 - 35.0 )."
+    assert svamp["test"][0]["thought"] == "The answer is ( 62.0 - 35.0 )."
+    assert svamp["fewshot"].num_rows == 0  # the paper's exemplars are not on the Hub
 
     hard = utils.load_gsm_hard()
     assert hard["test"][0]["answer"] == "3431580" and hard["fewshot"].num_rows == 0
 
-    strategy = utils.load_strategyqa()["test"][0]
+    strategy_data = utils.load_strategyqa()
+    assert strategy_data["fewshot"].num_rows == 0
+    strategy = strategy_data["test"][0]
     assert strategy["question"] == (
         "Tibia: larger of the two bones of the leg. Is the tibia necessary to win the Stanley Cup?")
     assert strategy["answer"] == "true" and strategy["answer_type"] == "boolean"
