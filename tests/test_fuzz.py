@@ -11,14 +11,17 @@ from lm_eval.api.instance import Instance
 
 from lm_eval_softreason.lm import SoftReasonLM
 from lm_eval_softreason.search import bo
+from lm_eval_softreason.stats import GenerationResult
 
 GK = {"until": ["Question:"], "max_gen_toks": 8}
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_model_dir):
+    # exactly two rounds whatever the preset (no early unanimous stop): the cost is pinned
     return SoftReasonLM(pretrained=str(tiny_model_dir("llama")), dtype="float32", device="cpu",
-                        k=2, max_rounds=2, verifier_max_gen_toks=6, max_length=96)
+                        k=2, min_rounds=2, max_rounds=2, stop_unanimous=False,
+                        verifier_max_gen_toks=6, max_length=96)
 
 
 def _req(context, gen_kwargs=None, doc=None):
@@ -42,13 +45,23 @@ CASES = {
 }
 
 
+TRUNCATED = {"longer than the window", "max_gen_toks above the window"}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_a_result(lm, name):
+    """The whole search runs (k=2, 2 rounds), its cost adds up, and no case errs or falls back."""
     context, gk = CASES[name]
     [out] = lm.generate_until([_req(context, gk)], disable_tqdm=True)
-    assert isinstance(out, str)
-    assert out.stats["error"] is None, out.stats["error"]
-    assert out.stats["gen_tokens"] <= (out.stats["candidates"] + len(out.stats["verifier_answers"])) * max(gk.get("max_gen_toks", 8), 8)
+    assert type(out) is GenerationResult
+    s = out.stats
+    assert s["error"] is None, s["error"]
+    assert (s["search"], s["stop_reason"], s["rounds"], s["candidates"]) == (
+        "softreason", "max_rounds", 2, 4)
+    assert s["gen_tokens"] == s["candidate_tokens"] + s["verifier_tokens"]
+    assert s["candidate_tokens"] <= 4 * gk["max_gen_toks"]
+    assert s["verifier_tokens"] <= 6 * len(s["verifier_answers"])
+    assert s["truncated"] is (name in TRUNCATED)
 
 
 def test_long_context_is_truncated_and_flagged(lm):
@@ -93,15 +106,18 @@ def test_gp_fit_that_raises_falls_back_to_random_points(lm, monkeypatch):
 
 
 def test_nan_logprobs_do_not_crash_the_search(lm):
+    """NaN logits: every round still runs, each reward is NaN (which the GP step leaves out),
+    and the request ends normally, not in the greedy fallback."""
     nan_hook = lambda m, i, o: torch.full_like(o, float("nan"))
     handle = lm.model.lm_head.register_forward_hook(nan_hook)
     try:
         [out] = lm.generate_until([_req("Question: 1+1?")], disable_tqdm=True)
     finally:
         handle.remove()
-    assert isinstance(out, str)
-    assert out.stats["error"] is None or "fallback" == out.stats["stop_reason"]
-    assert all(isinstance(r, float) for r in out.stats["rewards"])
+    s = out.stats
+    assert s["error"] is None and s["stop_reason"] == "max_rounds"
+    assert (s["rounds"], s["candidates"]) == (2, 4)
+    assert len(s["rewards"]) == 4 and all(math.isnan(r) for r in s["rewards"])
 
 
 def test_all_bad_inputs_together_in_lockstep_equal_one_at_a_time(lm):

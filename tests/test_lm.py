@@ -99,9 +99,16 @@ def test_per_request_results_do_not_depend_on_order(peaked_dir):
         [x.stats["candidate_answers"] for x in backward]
 
 
-def test_request_seed_depends_on_seed_and_text_only():
-    assert request_seed(1, "a") == request_seed(1, "a")
-    assert request_seed(1, "a") != request_seed(2, "a") != request_seed(1, "b")
+def test_request_seed_depends_on_seed_text_and_repeat_only():
+    # another process with another string-hash seed gets the same seeds: nothing of the run
+    # (hash randomisation, earlier requests) goes in
+    code = ("from lm_eval_softreason.lm import request_seed;"
+            "print(request_seed(1, 'a'), request_seed(1, 'a', 2))")
+    other = _run([sys.executable, "-c", code], {"PYTHONHASHSEED": "12345"})
+    assert other.stdout.split() == [str(request_seed(1, "a")), str(request_seed(1, "a", 2))]
+    seeds = {request_seed(seed, text, repeat)
+             for seed in (1, 2) for text in ("a", "b") for repeat in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
 
 
 def _verifier_prompt(lm, context: str) -> str:
