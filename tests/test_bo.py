@@ -161,17 +161,35 @@ def test_bad_shapes_are_rejected():
         bo.propose(x[0], y, 2, seed=0)
 
 
-def test_one_call_is_cheap_at_full_size():
-    """n = 25, d = 50, q = 5: the target is well under 1 s; the bound leaves room for load."""
+def test_one_call_does_bounded_work_at_full_size(monkeypatch):
+    """n = 25, d = 50, q = 5: the cost is capped by design, whatever the machine's speed: the
+    fit runs at most FIT_MAXITER L-BFGS iterations, and the acquisition function sees the pool
+    once, then the shortlist once per picked point. (The time is printed, not asserted: a
+    wall-clock bound measures the machine and its load, not this code.)"""
+    from botorch.acquisition.logei import qLogExpectedImprovement
+
     x, y = history(25)
-    bo.propose(x, y, 5, seed=0)  # first call pays one-off lazy imports / allocations
+    caps, points = [], []
+    fit, forward = bo.fit_gpytorch_mll, qLogExpectedImprovement.forward
+
+    def capped_fit(mll, **kwargs):
+        caps.append(kwargs["optimizer_kwargs"]["options"]["maxiter"])
+        return fit(mll, **kwargs)
+
+    def counted_forward(self, X):
+        points.append(X.shape[0])
+        return forward(self, X)
+
+    monkeypatch.setattr(bo, "fit_gpytorch_mll", capped_fit)
+    monkeypatch.setattr(qLogExpectedImprovement, "forward", counted_forward)
     start = time.perf_counter()
-    for seed in range(3):
-        proposal = bo.propose(x, y, 5, seed=seed)
-        assert proposal.fallback is None
-    per_call_s = (time.perf_counter() - start) / 3
-    print(f"\npropose n=25 d=50 q=5: {per_call_s:.3f} s per call")
-    assert per_call_s < 2.0
+    proposal = bo.propose(x, y, 5, seed=0)
+    print(f"\npropose n=25 d=50 q=5: {time.perf_counter() - start:.3f} s (incl. first imports)")
+    assert proposal.fallback is None
+    assert caps == [bo.FIT_MAXITER]
+    pool = bo.POOL_SOBOL + bo.POOL_PRIOR + bo.POOL_LOCAL
+    assert points[0] == pool  # the one-point screening of the whole pool
+    assert sum(points[1:]) <= 5 * bo.SHORTLIST  # the greedy q-batch pick on the shortlist
 
 
 def test_bo_finds_higher_rewards_than_random_search_at_equal_budget():

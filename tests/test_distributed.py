@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,14 @@ def _lm_eval_args(model_dir: Path, out: Path) -> list[str]:
             "--log_samples"]
 
 
+def _free_port() -> str:
+    """A TCP port the OS has just handed out as free, for the launcher's rendezvous (a fixed
+    port collides with another run or a port still in TIME_WAIT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -106,7 +115,7 @@ def _assert_same_as_single(single, multi) -> None:
 
 def test_torchrun_two_processes_equal_one(peaked_dir, single_process, tmp_path):
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                 "--master_port", "29517", *_lm_eval_args(peaked_dir, tmp_path)])
+                 "--master_port", _free_port(), *_lm_eval_args(peaked_dir, tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_as_single(single_process, _results(tmp_path))
 
@@ -118,6 +127,6 @@ def test_accelerate_launch_two_processes_equal_one(peaked_dir, single_process, t
     # `--multi_gpu` launches through torchrun, and the model falls back to gloo without GPUs
     proc = _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                 "29518", *_lm_eval_args(peaked_dir, tmp_path)])
+                 _free_port(), *_lm_eval_args(peaked_dir, tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_as_single(single_process, _results(tmp_path))

@@ -9,22 +9,44 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lm_eval_softreason.cache import cache_table_name
 
 REPO = Path(__file__).resolve().parents[1]
-# slow enough per request (about a second) that the kill lands mid-run
-MODEL_ARGS = "dtype=float32,device=cpu,k=4,max_rounds=3,verifier_max_gen_toks=32"
+MODEL_ARGS = "dtype=float32,device=cpu,k=2,max_rounds=2,verifier_max_gen_toks=16"
 N = 8  # softreason_smoke has 8 problems
+KILL_AFTER = 3
+# `lm_eval ...` that stops for good once KILL_AFTER requests are finished (cached and traced)
+# and says so on stdout: the kill lands at that point, not after a guessed sleep
+PARKING_CLI = f"""
+import sys, threading
+from lm_eval_softreason.lm import SoftReasonLM
+trace, finished = SoftReasonLM._trace, []
+
+def trace_then_park(self, *args, **kwargs):
+    trace(self, *args, **kwargs)  # after the answer went into the cache
+    finished.append(1)
+    if len(finished) == {KILL_AFTER}:
+        print("PARKED", flush=True)
+        threading.Event().wait()  # until SIGKILL
+
+SoftReasonLM._trace = trace_then_park
+sys.argv[0] = "lm_eval"
+from lm_eval.__main__ import cli_evaluate
+cli_evaluate()
+"""
+
+
+def _args(model_dir: Path, out: Path, cache: Path, trace: Path) -> list[str]:
+    return ["--model", "softreason", "--model_args",
+            f"pretrained={model_dir},{MODEL_ARGS},trace_dir={trace}",
+            "--tasks", "softreason_smoke", "--gen_kwargs", "max_gen_toks=32",
+            "--use_cache", str(cache), "--output_path", str(out), "--log_samples"]
 
 
 def _cmd(model_dir: Path, out: Path, cache: Path, trace: Path) -> list[str]:
-    return [sys.executable, "-m", "lm_eval", "--model", "softreason", "--model_args",
-            f"pretrained={model_dir},{MODEL_ARGS},trace_dir={trace}",
-            "--tasks", "softreason_smoke", "--gen_kwargs", "max_gen_toks=160",
-            "--use_cache", str(cache), "--output_path", str(out), "--log_samples"]
+    return [sys.executable, "-m", "lm_eval", *_args(model_dir, out, cache, trace)]
 
 
 def _env() -> dict:
@@ -61,16 +83,16 @@ def test_sigkilled_run_resumes_without_recomputing(peaked_dir, tmp_path):
     assert _lines(tmp_path / "ref_trace") == N
 
     cache, trace1, trace2 = tmp_path / "cache" / "c", tmp_path / "trace1", tmp_path / "trace2"
-    proc = subprocess.Popen(_cmd(peaked_dir, tmp_path / "out1", cache, trace1), env=_env(),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while _lines(trace1) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc = subprocess.Popen([sys.executable, "-c", PARKING_CLI,
+                             *_args(peaked_dir, tmp_path / "out1", cache, trace1)],
+                            env=_env(), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    parked = any(line.strip() == "PARKED" for line in proc.stdout)  # stops reading there
     os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert proc.wait() == -signal.SIGKILL and parked, "the run ended before it could be killed"
+    assert _lines(trace1) == KILL_AFTER
     finished = _cached(cache)
-    assert 3 <= finished < N  # answers written as each request finished, not at the end
+    assert finished == KILL_AFTER  # answers written as each request finished, not at the end
 
     again = subprocess.run(_cmd(peaked_dir, tmp_path / "out2", cache, trace2),
                            capture_output=True, text=True, env=_env(), timeout=900, cwd=REPO)
