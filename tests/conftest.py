@@ -10,6 +10,7 @@ lm-eval's ``--model hf``, offline. Its output is noise; it exercises plumbing, n
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,20 @@ def peaked_dir(tiny_model_dir, tmp_path_factory):
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per test file (setup + call + teardown, slowest first), after pytest's own
+    ``--durations`` list: what each file costs CI."""
+    seconds: dict[str, float] = defaultdict(float)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                seconds[report.nodeid.split("::")[0]] += report.duration
+    if not seconds:
+        return
+    terminalreporter.write_sep("=", "seconds per test file")
+    for path, total in sorted(seconds.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{total:8.1f}s  {path}")
+    terminalreporter.write_line(f"{sum(seconds.values()):8.1f}s  total")

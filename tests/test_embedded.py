@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 
 from lm_eval_softreason.lm import SoftReasonLM
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the CLI run allows itself 1200 s
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~8 min on 2 quiet cores
 REPO = Path(__file__).resolve().parents[1]
 
 
