@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from lm_eval_softreason.answers import extract_answer
 from lm_eval_softreason.bench.provenance import path_roots, portable
-from lm_eval_softreason.bench.runner import default_data_dir
+from lm_eval_softreason.bench.common import default_data_dir
 from lm_eval_softreason.config import SoftReasonConfig
 from lm_eval_softreason.engine import DecodingEngine
 from lm_eval_softreason.loading import load_model_and_tokenizer

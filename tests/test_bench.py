@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_softreason.bench import records, regression, report, runner
+from lm_eval_softreason.bench import cli, common, records, regression, report, runner
 from lm_eval_softreason.bench.methods import METHODS, PLANS
 
 TIMING = ("generate_s", "generate_s_total", "wall_s")
@@ -58,7 +58,7 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
         tiny_model_dir, data_dir, tmp_path, monkeypatch, generate_calls):
     model_dir = tiny_model_dir("llama")
     # an uninterrupted run: the reference
-    assert runner.main(_argv(model_dir, tmp_path / "straight", data_dir)) == 0
+    assert cli.main(_argv(model_dir, tmp_path / "straight", data_dir)) == 0
     assert len(generate_calls) == 6
     assert records.read_planned(tmp_path / "straight") == {
         "tiny": [("greedy", "svamp", 3), ("hf-greedy", "svamp", 3)]}
@@ -75,7 +75,7 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
     monkeypatch.setattr(records, "append_sample", append_then_die)
     resumed = tmp_path / "resumed"
     with pytest.raises(Killed):
-        runner.main(_argv(model_dir, resumed, data_dir))
+        cli.main(_argv(model_dir, resumed, data_dir))
     assert len(generate_calls) == 1
     # the leaderboard lists the cut-off cell instead of dropping it
     cells = report.load_cells(resumed)["svamp"]["tiny"]
@@ -84,7 +84,7 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
 
     monkeypatch.setattr(records, "append_sample", original_append)
     generate_calls.clear()
-    assert runner.main(_argv(model_dir, resumed, data_dir)) == 0
+    assert cli.main(_argv(model_dir, resumed, data_dir)) == 0
     assert len(generate_calls) == 5  # 2 hf-greedy + 3 greedy: the finished problem is not rerun
     assert ("hf", first_context) not in generate_calls
     for method in ("hf-greedy", "greedy"):
@@ -94,7 +94,7 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
 
     # a third run finds everything done and generates nothing
     generate_calls.clear()
-    assert runner.main(_argv(model_dir, resumed, data_dir)) == 0
+    assert cli.main(_argv(model_dir, resumed, data_dir)) == 0
     assert generate_calls == []
 
     cell = records.read_cell(records.cell_paths(resumed, "tiny", "svamp", "greedy").json)
@@ -120,7 +120,7 @@ def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path)
     paths = records.cell_paths(tmp_path, spec.label, "svamp", "softreason")
     settings = run_a.settings(METHODS["softreason"], "svamp")
     records.write_cell(paths, {"format": 1, "settings": settings, "limit": 3,
-                               "settings_hash": runner._hash(settings)})
+                               "settings_hash": common.settings_hash(settings)})
     run_b = runner.Runner(spec, runner.Options(results_dir=tmp_path, model_args={"k": 3}))
     with pytest.raises(RuntimeError, match=r"other settings.*model_args\.k: 2 -> 3"):
         run_b.run_cell(METHODS["softreason"], "svamp", 3)
@@ -217,11 +217,41 @@ def test_plans_run_the_hf_backend_first_and_every_cell_once():
             ["--methods", "beam", "--tasks", "svamp", "--limit", "1"]))
 
 
-def test_parse_kv_types_values_like_lm_eval():
-    assert runner.parse_kv("k=2,sigma=0.5,trust_remote_code=true,search=sc") == {
-        "k": 2, "sigma": 0.5, "trust_remote_code": True, "search": "sc"}
-    with pytest.raises(ValueError, match="key=value"):
-        runner.parse_kv("k")
+def test_bench_imports_run_one_way():
+    """The bench modules' imports (module level and inside functions) form no cycle, nothing
+    but ``__main__`` imports the command-line module, and no module imports another's private
+    names."""
+    import ast
+
+    package = Path(runner.__file__).parent
+    graph: dict[str, set[str]] = {}
+    private: list[str] = []
+    for path in package.glob("*.py"):
+        deps = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:  # from .runner import x
+                deps.add(node.module)
+                private += [f"{path.stem} <- {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]
+            elif node.level == 1:  # from . import records
+                deps.update(a.name for a in node.names)
+            elif (node.module or "").startswith("lm_eval_softreason.bench."):
+                deps.add(node.module.rsplit(".", 1)[1])
+    assert private == []
+    assert {m for m, deps in graph.items() if "cli" in deps} == {"__main__"}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module not in done:
+            for dep in graph.get(module, ()):
+                visit(dep, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
 
 
 # ------------------------------------------------------------------------------ records

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_pinned_regression_eval_reproduces_the_recorded_answers(data_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "LM_EVAL_SOFTREASON_DATA": str(data_dir)}
-    out = subprocess.run([sys.executable, "-m", "lm_eval_softreason.bench.runner", "regression",
+    out = subprocess.run([sys.executable, "-m", "lm_eval_softreason.bench", "regression",
                           "--check", "--file", "results/regression.json"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

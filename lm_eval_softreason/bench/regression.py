@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .common import default_data_dir, flatten, quiet_lm_eval
+
 FORMAT = 1
 DEFAULT_FILE = "results/regression.json"
 TOKEN_TOLERANCE = 0.02
@@ -63,11 +65,9 @@ def compare(recorded: dict, current: dict, token_tolerance: float = TOKEN_TOLERA
     ``gen_tokens``/``prompt_tokens`` count off by more than ``token_tolerance`` (relative).
     Not fatal (reported): changed ``rounds``/``candidates``. Returns [] when they agree.
     """
-    from .runner import _flatten
-
     diffs: list[Difference] = []
     for key in ("spec", "settings"):
-        old, new = _flatten(recorded.get(key) or {}), _flatten(current.get(key) or {})
+        old, new = flatten(recorded.get(key) or {}), flatten(current.get(key) or {})
         for name in sorted(set(old) | set(new)):
             if old.get(name) != new.get(name):
                 diffs.append(Difference(None, f"{key}.{name}", old.get(name), new.get(name), True))
@@ -113,9 +113,9 @@ def default_spec(pretrained: str | None = None, bench_model: str | None = None,
 
 def with_dtype(model_args: str, dtype: str) -> str:
     """``model_args`` with ``dtype=<dtype>`` added unless it names a dtype already."""
-    from .runner import parse_kv
+    from lm_eval.utils import simple_parse_args_string
 
-    if "dtype" in parse_kv(model_args) or not dtype:
+    if "dtype" in simple_parse_args_string(model_args) or not dtype:
         return model_args
     return ",".join(filter(None, [model_args, f"dtype={dtype}"]))
 
@@ -123,20 +123,20 @@ def with_dtype(model_args: str, dtype: str) -> str:
 def run_eval(spec: dict, data_dir: str | None = None, progress: bool = False) -> dict:
     """Run ``spec`` through the benchmark runner (in a scratch results dir) and return the
     regression document: spec, settings, environment, problems."""
-    from . import provenance
+    from lm_eval.utils import simple_parse_args_string
+
+    from . import provenance, records
     from .methods import method
-    from .runner import Options, Runner, default_data_dir, model_spec, parse_kv
+    from .runner import Options, Runner, model_spec
 
     model = model_spec(spec["pretrained"], spec["bench_model"])
     with tempfile.TemporaryDirectory(prefix="softreason-regression-") as tmp:
         # all problems in one lm-eval call, so model_args batch_size=N can batch them
         opts = Options(results_dir=Path(tmp), apply_chat_template=spec["apply_chat_template"],
                        data_dir=data_dir or default_data_dir(), chunk=spec["limit"],
-                       model_args=parse_kv(spec["model_args"]))
+                       model_args=simple_parse_args_string(spec["model_args"]))
         runner = Runner(model, opts)
         cell = runner.run_cell(method(spec["method"]), spec["task"], spec["limit"], progress)
-        from . import records
-
         samples = records.read_samples(records.cell_paths(tmp, model.label, spec["task"],
                                                           spec["method"]))
     settings = dict(cell["settings"])
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--limit", type=int, default=5)
     rec.add_argument("--no-chat-template", action="store_true")
     args = p.parse_args(argv)
-    from .runner import _quiet_lm_eval
-
-    _quiet_lm_eval(False)
+    quiet_lm_eval(False)
     path = Path(args.file)
     if args.record:
         spec = default_spec(args.pretrained, args.bench_model, args.model_args, args.task,

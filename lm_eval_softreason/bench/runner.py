@@ -8,19 +8,14 @@ continues where it stopped. The model is loaded once per run: one lm-eval ``hf``
 ``hf-greedy``, one ``SoftReasonLM`` for every other method (only ``lm.cfg`` changes; the
 search reads it per request).
 
-Subcommands: ``run`` (the default), ``report`` (LEADERBOARD.md + Pareto plots),
-``regression --record|--check``, ``fetch-model NAME``.
+This module is the ``run`` subcommand (``run``); ``cli`` dispatches the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
-import logging
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +26,8 @@ from ..config import SoftReasonConfig
 from . import bench_model as bench_models
 from . import methods as methods_mod
 from . import provenance, records
+from .common import default_data_dir, quiet_lm_eval, settings_diff, settings_hash
 from .methods import Method
-
-log = logging.getLogger(__name__)
 
 EMBEDDED_LABEL = "smollm2-135m"
 # SoftReasonConfig keys that do not change answers (kept out of the settings hash)
@@ -75,29 +69,6 @@ def model_spec(pretrained: str | None = None, bench_model: str | None = None,
     return ModelSpec(label or EMBEDDED_LABEL, {},
                      {"embedded": loading.EMBEDDED_NAME, "wheel": loading.EMBEDDED_WHEEL,
                       "gguf_file": loading.EMBEDDED_FILE, "gguf_sha256": loading.EMBEDDED_SHA256})
-
-
-def parse_kv(text: str | None) -> dict[str, Any]:
-    """``"a=1,b=x,c=0.5,d=true"`` -> {"a": 1, "b": "x", "c": 0.5, "d": True} (lm-eval's
-    model_args syntax, values typed as lm-eval types them)."""
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in (text or "").split(","))):
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r} in {text!r}")
-        key, value = (part.strip() for part in item.split("=", 1))
-        out[key] = _typed(value)
-    return out
-
-
-def _typed(value: str) -> Any:
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 # ------------------------------------------------------------------------------- the runner
@@ -270,14 +241,14 @@ class Runner:
         the cell JSON (also written to disk)."""
         paths = records.cell_paths(self.opts.results_dir, self.spec.label, task, method.name)
         settings = self.settings(method, task)
-        settings_hash = _hash(settings)
+        cell_hash = settings_hash(settings)
         previous = records.read_cell(paths.json) if paths.json.exists() else None
         done = records.prepare_for_append(paths)
-        stale = [r for r in done if r.get("settings_hash") != settings_hash]
-        if stale or (previous and previous.get("settings_hash") != settings_hash):
+        stale = [r for r in done if r.get("settings_hash") != cell_hash]
+        if stale or (previous and previous.get("settings_hash") != cell_hash):
             raise RuntimeError(
                 f"{paths.samples.parent / method.name}.*: recorded with other settings than "
-                f"this run's ({_settings_diff(previous, settings)}). Move those files away "
+                f"this run's ({settings_diff(previous, settings)}). Move those files away "
                 "(or pick another --results-dir) to recompute the cell.")
         if previous and previous.get("limit", 0) > limit:
             limit = previous["limit"]  # a cell never shrinks
@@ -285,7 +256,7 @@ class Runner:
         done_ids = {r["doc_id"] for r in done}
         todo = [i for i in target if i not in done_ids]
         cell = self._cell_json(previous, method, task, limit, target, done, settings,
-                               settings_hash, None)
+                               cell_hash, None)
         if not todo:
             if not (previous and previous.get("complete")):
                 records.compress_if_large(paths)
@@ -302,12 +273,12 @@ class Runner:
             result, generate_s = self._evaluate(lm, task, chunk)
             for example in sorted(result["samples"][task], key=lambda e: e["doc_id"]):
                 record = self._record(example, lm, generate_s / len(chunk), len(chunk),
-                                      settings_hash)
+                                      cell_hash)
                 records.append_sample(paths, record)
                 done.append(record)
             done.sort(key=lambda r: r["doc_id"])
             cell = self._cell_json(cell, method, task, limit, target, done, settings,
-                                   settings_hash, result)
+                                   cell_hash, result)
             if len(done) >= len(target):
                 records.compress_if_large(paths)
             records.write_cell(paths, cell)
@@ -405,29 +376,6 @@ class Runner:
         }), roots)
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _settings_diff(previous: dict | None, settings: dict) -> str:
-    old = (previous or {}).get("settings") or {}
-    flat_old, flat_new = _flatten(old), _flatten(settings)
-    keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
-    if not old:
-        return "the cell JSON is missing, the samples carry another settings hash"
-    return "; ".join(f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys[:8])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _lm_eval_summary(result: dict, task: str) -> dict:
     """lm-eval's own results JSON of the last chunk, without its samples and its (one-chunk)
     metrics: task config, versions, n-shot, model config, environment."""
@@ -440,32 +388,6 @@ def _lm_eval_summary(result: dict, task: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- the CLI
-
-
-class _DropNoise(logging.Filter):
-    """lm-eval repeats these on every call (here: every problem); the cell JSON has both."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("Custom kwargs can be passed" in message
-                    or "specified through cli, these settings will update" in message)
-
-
-def _quiet_lm_eval(verbose: bool) -> None:
-    logger = logging.getLogger("lm_eval")
-    if not verbose:
-        logger.setLevel(logging.WARNING)
-    for name in ("lm_eval", "lm_eval.api.task", "lm_eval.evaluator"):
-        logging.getLogger(name).addFilter(_DropNoise())
-
-
-def default_data_dir() -> str | None:
-    """``$LM_EVAL_SOFTREASON_DATA``, else ``../shared/data`` next to the checkout, else None."""
-    env = os.environ.get("LM_EVAL_SOFTREASON_DATA")
-    if env:
-        return env
-    candidate = provenance.PACKAGE_ROOT.parent / "shared" / "data"
-    return os.path.relpath(candidate) if candidate.is_dir() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -520,15 +442,17 @@ def plan_cells(args: argparse.Namespace) -> list[tuple[Method, str, int]]:
 
 def run(argv: list[str], command: str | None = None) -> int:
     """The ``run`` subcommand; ``command`` is recorded as the exact command (default: argv)."""
+    from lm_eval.utils import simple_parse_args_string as parse_args_string  # lm-eval's syntax
+
     args = build_parser().parse_args(argv)
-    _quiet_lm_eval(args.verbose)
+    quiet_lm_eval(args.verbose)
     cells = plan_cells(args)
     spec = model_spec(args.pretrained, args.bench_model, args.model_label, fetch=not args.list)
     opts = Options(
         results_dir=Path(args.results_dir), apply_chat_template=not args.no_chat_template,
-        num_fewshot=args.num_fewshot, gen_kwargs=parse_kv(args.gen_kwargs),
+        num_fewshot=args.num_fewshot, gen_kwargs=parse_args_string(args.gen_kwargs),
         data_dir=args.data_dir or default_data_dir(), chunk=args.chunk,
-        model_args=parse_kv(args.model_args),
+        model_args=parse_args_string(args.model_args),
         command=command or provenance.command_line(["softreason-bench", *argv]),
     )
     if args.list:
@@ -554,31 +478,3 @@ def run(argv: list[str], command: str | None = None) -> int:
         tqdm.write(f"{spec.label}/{task}/{m.name}: acc {acc:.3f} (n={n})" if acc is not None
                    else f"{spec.label}/{task}/{m.name}: nothing recorded")
     return 1 if failed else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``softreason-bench [run|report|regression|fetch-model] ...``; returns the exit code."""
-    invoked = provenance.command_line(sys.argv if argv is None else ["softreason-bench", *argv])
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else ""
-    if command == "report":
-        from .report import main as report_main
-
-        return report_main(argv[1:])
-    if command == "regression":
-        from .regression import main as regression_main
-
-        return regression_main(argv[1:])
-    if command == "fetch-model":
-        return bench_models.main(argv[1:])
-    if command == "run":
-        argv = argv[1:]
-    try:
-        return run(argv, invoked)
-    except ValueError as err:
-        print(f"softreason-bench: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
