@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import psutil
+
 from .engine import Candidate, DecodeCall, DecodingEngine, EngineStats, Prefix
 
 
@@ -191,17 +193,6 @@ def auto_slots(engine: DecodingEngine, rows: int, positions: int, cap: int | Non
         free = torch.cuda.mem_get_info(engine.device)[0]
         default_cap = 64
     else:
-        free = _available_ram()
+        free = psutil.virtual_memory().available
         default_cap = 8
     return max(1, min(cap or default_cap, int(0.5 * free // per_search)))
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30  # unknown platform: assume 4 GiB

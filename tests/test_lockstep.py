@@ -4,6 +4,7 @@ time, share forward passes, refill freed slots, and keep one failure to its own 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 from lm_eval.api.instance import Instance
@@ -135,6 +136,15 @@ def test_batch_size_auto_and_bad_values(peaked_dir):
     assert 1 <= lm.concurrency(100) <= 8  # CPU cap
     assert lm.concurrency(2) <= 2  # never more slots than requests
     assert lockstep.auto_slots(lm.engine, rows=6, positions=4096, cap=3) == 3
+    # on CPU, the free memory psutil reports: the searches' KV caches fit in half of it
+    config = lm.model.config
+    per_search = 2 * 6 * 4096 * (2 * config.num_hidden_layers * config.num_key_value_heads
+                                 * (config.hidden_size // config.num_attention_heads) * 4)
+    for available, slots in ((per_search, 1), (5 * per_search, 2), (10**15, 8)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lockstep.psutil, "virtual_memory", lambda: SimpleNamespace(
+                available=available))
+            assert lockstep.auto_slots(lm.engine, rows=6, positions=4096) == slots
     with pytest.raises(ValueError, match="batch_size='many' is not a valid integer"):
         SoftReasonLM(pretrained="unused", batch_size="many")
     with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
