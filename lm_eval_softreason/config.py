@@ -13,19 +13,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, get_type_hints
 
 from .answers import ANSWER_TYPES  # one list of answer types, shared with the parser
-
-SEARCHES = ("softreason", "random", "greedy", "sc")
-ACQUISITIONS = ("logei", "ucb", "pi", "random")
+from .search.choices import ACQUISITIONS, SEARCHES  # one list each, shared with lm and bo
 BASES = ("token", "zero")
 SIGMA_SCALES = ("embedding_rms", "absolute")
 SELECTS = ("vote", "vote_candidates", "weighted", "best")
 VERIFIERS = ("attempts", "grouped")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_LINEARS = ("auto", "aten", "onednn")
-
-# Keys lm-eval itself passes to every model (CLI --batch_size/--device/--max_batch_size) that
-# the search does not use; accepted so the stock CLI works, validated where they matter.
-_LM_EVAL_PASSTHROUGH = ("max_batch_size",)
 
 # The fields that cannot change what ``generate_until`` returns for a request, and why. Every
 # other field is part of the configuration fingerprint (``SoftReasonConfig.fingerprint``), so a

@@ -28,14 +28,16 @@ from .cache import isolate_cache
 from .config import SoftReasonConfig
 from .engine import DecodingEngine, EngineStats
 from .loading import load_model_and_tokenizer
-from .lockstep import EngineView, auto_slots, run_lockstep
+from .lockstep import auto_slots, run_lockstep
 from .search import baselines, softreason
-from .search.problem import Problem, SearchOutcome
+from .search.problem import Engine, Problem, SearchOutcome
 from .stats import GenerationResult, RequestStats
 
 log = logging.getLogger(__name__)
 
-SEARCHES: dict[str, Callable[[SoftReasonConfig, DecodingEngine, Problem], SearchOutcome]] = {
+# the function that runs each name in search/choices.py's SEARCHES (the one list of names,
+# which config validates against; tests/test_lm.py checks the two agree)
+SEARCH_FUNCTIONS: dict[str, Callable[[SoftReasonConfig, Engine, Problem], SearchOutcome]] = {
     "softreason": softreason.search,
     "random": softreason.search,
     "greedy": baselines.greedy,
@@ -225,12 +227,12 @@ class SoftReasonLM(HFLM):
                            cap=self.cfg.max_batch_size)
         return min(slots, max(1, n_requests))
 
-    def _search(self, engine: DecodingEngine | EngineView, prep: "_Prepared") -> SearchOutcome:
+    def _search(self, engine: Engine, prep: "_Prepared") -> SearchOutcome:
         """Run the configured search; any exception becomes a greedy fallback (one hard
         request must not end a long run)."""
         start = time.perf_counter()
         problem = prep.problem
-        run = SEARCHES[self.cfg.search]
+        run = SEARCH_FUNCTIONS[self.cfg.search]
         if prep.sampling is not None and self.cfg.search == "greedy":
             # the task asked for do_sample: honour it (at its temperature) in greedy mode
             run = partial(self._sampled, temperature=prep.sampling)
@@ -294,14 +296,14 @@ class SoftReasonLM(HFLM):
         )
         return _Prepared(problem, truncated, sampling)
 
-    def _sampled(self, cfg: SoftReasonConfig, engine: DecodingEngine, problem: Problem,
+    def _sampled(self, cfg: SoftReasonConfig, engine: Engine, problem: Problem,
                  temperature: float) -> SearchOutcome:
         one = replace(cfg, n=1, temperature=temperature)
         outcome = baselines.self_consistency(one, engine, problem)
         outcome.stats.search = "sample"
         return outcome
 
-    def _fallback(self, engine: DecodingEngine | EngineView, problem: Problem,
+    def _fallback(self, engine: Engine, problem: Problem,
                   exc: Exception) -> SearchOutcome:
         error = f"{type(exc).__name__}: {exc}"
         try:

@@ -24,31 +24,25 @@ from typing import Any
 import psutil
 
 from .engine import Candidate, DecodeCall, DecodingEngine, EngineStats, Prefix
+from .search.problem import Engine, protocol_members
 
 
 class EngineView:
-    """One search's handle on the shared engine: the engine's interface, with ``decode``
-    routed through the scheduler and ``stats`` counting this search's own cost."""
+    """One search's handle on the shared engine: an ``Engine`` (search/problem.py) whose
+    ``decode`` goes through the scheduler, whose ``prefill`` runs at once, and whose ``stats``
+    count this search's own cost; every other member of the protocol is the engine's own."""
+
+    _SHARED = protocol_members(Engine) - {"decode", "prefill", "stats"}
 
     def __init__(self, engine: DecodingEngine, worker: "_Worker") -> None:
         self._engine, self._worker = engine, worker
         self.stats = EngineStats()
-        self.tokenizer = engine.tokenizer
-        self.eos_ids = engine.eos_ids
 
-    @property
-    def hidden_size(self) -> int:
-        return self._engine.hidden_size
-
-    @property
-    def model(self):
-        return self._engine.model
-
-    def embed(self, token_ids: list[int]):
-        return self._engine.embed(token_ids)
-
-    def embedding_rms(self) -> float:
-        return self._engine.embedding_rms()
+    def __getattr__(self, name: str) -> Any:
+        if name in EngineView._SHARED:
+            return getattr(self._engine, name)
+        raise AttributeError(f"EngineView has no {name!r}: a search sees the Engine protocol "
+                             f"only ({', '.join(sorted(protocol_members(Engine)))})")
 
     def prefill(self, prompt_ids: list[int]) -> Prefix:
         # runs here, at once: this thread holds the baton, so nothing else uses the model

@@ -53,3 +53,26 @@ def test_keys_the_old_fingerprint_missed_are_in(name, value):
 def test_fingerprint_is_stable_and_short():
     assert SoftReasonConfig(k=3).fingerprint() == SoftReasonConfig(k=3).fingerprint()
     assert len(SoftReasonConfig().fingerprint()) == 16
+
+
+def test_search_and_acquisition_names_are_one_list_each():
+    import lm_eval_softreason.lm as lm_module
+    from lm_eval_softreason import config
+    from lm_eval_softreason.search import bo, choices
+
+    assert config.SEARCHES is choices.SEARCHES and config.ACQUISITIONS is choices.ACQUISITIONS
+    assert bo.ACQUISITIONS is choices.ACQUISITIONS
+    assert set(lm_module.SEARCH_FUNCTIONS) == set(choices.SEARCHES)  # each name runs
+    for name in choices.SEARCHES:
+        assert SoftReasonConfig.from_model_args(search=name).search == name
+
+
+def test_config_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, lm_eval_softreason.config; "
+            "print([m for m in ('torch', 'botorch', 'lm_eval', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"LM_EVAL_SOFTREASON_NO_HOOK": "1", "PATH": ""})
+    assert out.stdout.strip() == "[]", out.stderr

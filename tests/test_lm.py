@@ -176,7 +176,7 @@ def test_a_failing_search_falls_back_to_greedy_and_the_run_goes_on(peaked_dir, m
             raise RuntimeError("injected")
         return lm_module.baselines.greedy(cfg, engine, problem)
 
-    monkeypatch.setitem(lm_module.SEARCHES, "softreason", explode)
+    monkeypatch.setitem(lm_module.SEARCH_FUNCTIONS, "softreason", explode)
     out = lm.generate_until(_requests(), disable_tqdm=True)
     assert len(out) == 3
     assert out[1].stats["stop_reason"] == "fallback"

@@ -92,7 +92,7 @@ def test_a_failing_search_in_lockstep_falls_back_alone(peaked_dir, monkeypatch):
 
     lm = _lm(peaked_dir, batch_size=3, **SEARCH_ARGS)
     clean = lm.generate_until(_requests(), disable_tqdm=True)
-    real = lm_module.SEARCHES["softreason"]
+    real = lm_module.SEARCH_FUNCTIONS["softreason"]
 
     def explode(cfg, engine, problem):
         if "gives away" in problem.question:
@@ -100,7 +100,7 @@ def test_a_failing_search_in_lockstep_falls_back_alone(peaked_dir, monkeypatch):
             raise RuntimeError("injected")
         return real(cfg, engine, problem)
 
-    monkeypatch.setitem(lm_module.SEARCHES, "softreason", explode)
+    monkeypatch.setitem(lm_module.SEARCH_FUNCTIONS, "softreason", explode)
     out = lm.generate_until(_requests(), disable_tqdm=True)
     assert out[2].stats["stop_reason"] == "fallback"
     assert "RuntimeError: injected" in out[2].stats["error"]
@@ -149,6 +149,27 @@ def test_batch_size_auto_and_bad_values(peaked_dir):
         SoftReasonLM(pretrained="unused", batch_size="many")
     with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
         SoftReasonLM(pretrained="unused", batch_size=0)
+
+
+def test_engine_and_its_per_search_view_implement_the_engine_protocol(peaked_dir):
+    import inspect
+    from dataclasses import fields
+
+    from lm_eval_softreason.engine import DecodeCall, DecodingEngine
+    from lm_eval_softreason.search.problem import Engine, protocol_members
+
+    engine = _lm(peaked_dir).engine
+    view = lockstep.EngineView(engine, worker=None)
+    assert isinstance(engine, Engine) and isinstance(view, Engine)
+    for name in protocol_members(Engine) - {"decode", "prefill", "stats"}:
+        assert getattr(view, name) == getattr(engine, name), name  # the engine's own
+    assert view.stats is not engine.stats  # the search's own cost
+    with pytest.raises(AttributeError, match="sees the Engine protocol only"):
+        view.decode_many  # noqa: B018  (past the scheduler: not for a search)
+    # the view forwards decode's keywords into a DecodeCall: they must be the same names
+    keywords = {p.name for p in inspect.signature(DecodingEngine.decode).parameters.values()
+                if p.kind is p.KEYWORD_ONLY}
+    assert keywords == {f.name for f in fields(DecodeCall)} - {"prefix", "soft_embeds", "stats"}
 
 
 def test_run_lockstep_refuses_zero_slots():

@@ -59,7 +59,7 @@ from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-ACQUISITIONS = ("logei", "ucb", "pi", "random")
+from .choices import ACQUISITIONS  # the one list, shared with config
 
 FIT_MAXITER = 75
 """L-BFGS iteration cap for the marginal-likelihood fit (3 hyperparameters: plenty)."""
