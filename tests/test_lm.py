@@ -311,3 +311,19 @@ def test_cpu_linear_auto_prepacks_float32_on_cpu_only():
     assert resolve_cpu_linear("auto", cpu, torch.bfloat16) == "aten"
     assert resolve_cpu_linear("auto", gpu, torch.float32) == "aten"
     assert resolve_cpu_linear("aten", cpu, torch.float32) == "aten"
+
+
+def test_readme_python_api_example_runs(peaked_dir, data_dir, monkeypatch):
+    """The README's Python API block, on the tiny model and one problem."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    model = 'SoftReasonLM(pretrained="Qwen/Qwen2.5-1.5B-Instruct", batch_size=4)'
+    assert model in code and "limit=10)" in code
+    code = code.replace(model, f'SoftReasonLM(pretrained={str(peaked_dir)!r}, dtype="float32", '
+                               'k=2, max_rounds=2, verifier_max_gen_toks=8)')
+    code = code.replace("limit=10)", 'limit=1, gen_kwargs="max_gen_toks=8")')
+    monkeypatch.setenv("LM_EVAL_SOFTREASON_DATA", str(data_dir))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["out"]["results"]["svamp"]["candidates,none"] == 4.0
+    assert scope["out"]["config"]["softreason_totals"]["requests"] == 1
