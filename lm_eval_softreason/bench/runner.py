@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import extract_answer, format_answer
-from ..config import SoftReasonConfig
+from ..config import NOT_IN_FINGERPRINT, SoftReasonConfig
 from . import bench_model as bench_models
 from . import methods as methods_mod
 from . import provenance, records
@@ -30,9 +30,9 @@ from .common import default_data_dir, quiet_lm_eval, settings_diff, settings_has
 from .methods import Method
 
 EMBEDDED_LABEL = "smollm2-135m"
-# SoftReasonConfig keys that do not change answers (kept out of the settings hash)
-_NOT_SETTINGS = ("pretrained", "gguf_file", "device", "trace_dir", "batch_size", "max_batch_size",
-                 "threads")
+# SoftReasonConfig keys kept out of the settings hash: those that cannot change an answer (the
+# cache fingerprint's list) and the model's path (its identity, in model_identity, goes in)
+_NOT_SETTINGS = ("pretrained", "gguf_file", *NOT_IN_FINGERPRINT)
 # model_args keys that lm-eval's hf model shares with ours
 _HF_KEYS = ("dtype", "device", "trust_remote_code", "max_length")
 
