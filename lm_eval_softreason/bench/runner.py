@@ -478,3 +478,8 @@ def run(argv: list[str], command: str | None = None) -> int:
         tqdm.write(f"{spec.label}/{task}/{m.name}: acc {acc:.3f} (n={n})" if acc is not None
                    else f"{spec.label}/{task}/{m.name}: nothing recorded")
     return 1 if failed else 0
+
+
+if __name__ == "__main__":  # this module is the run subcommand, not the command
+    raise SystemExit("lm_eval_softreason.bench.runner is not the command any more: run "
+                     "`softreason-bench ...` or `python -m lm_eval_softreason.bench ...`")
