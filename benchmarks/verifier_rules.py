@@ -26,9 +26,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from scipy.stats import binomtest
-
 from lm_eval_softreason.answers import answers_match, majority_answer, parse_gold
+from lm_eval_softreason.bench.report import exact_mcnemar
 
 RULES = ("vote", "vote_candidates", "weighted", "best")
 
@@ -72,8 +71,7 @@ def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
     """(right only with a, right only with b, exact two-sided McNemar p)."""
     only_a = sum(x and not y for x, y in zip(a, b))
     only_b = sum(y and not x for x, y in zip(a, b))
-    n = only_a + only_b
-    return only_a, only_b, (binomtest(only_a, n, 0.5).pvalue if n else 1.0)
+    return only_a, only_b, exact_mcnemar(only_a, only_b)
 
 
 def _acc(values: list[bool]) -> str:

@@ -97,17 +97,21 @@ def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
     return same, len(shared)
 
 
+def exact_mcnemar(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p from the discordant pair counts (1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
+
+
 def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
     """(problems only ``a`` got right, only ``b`` got right, shared problems, exact McNemar
     two-sided p) on the problems both cells recorded: a difference in accuracy between two
     cells on the same problems is judged by the discordant pairs, not by overlapping error bars."""
-    from scipy.stats import binomtest
-
     shared = _shared_ids(a, b)
     a_only = sum(a["_records"][i]["acc"] > b["_records"][i]["acc"] for i in shared)
     b_only = sum(b["_records"][i]["acc"] > a["_records"][i]["acc"] for i in shared)
-    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
-    return a_only, b_only, len(shared), float(p)
+    return a_only, b_only, len(shared), exact_mcnemar(a_only, b_only)
 
 
 def _paired_text(a: dict, b: dict) -> str:
