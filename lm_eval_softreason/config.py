@@ -41,7 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "v1": {"sigma": 1.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 2,
            "stop_threshold": 0.01, "select": "vote", "verifier": "attempts", "rescore": False,
            "min_spread": 0.0, "stop_unanimous": False},
-    "v2": {"sigma": 1.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 1,
+    # sigma 8 embedding-RMS: the most distinct answers per round with every candidate parsable
+    # on Qwen svamp_dev (results/dev/perturbation_*.md); absolute units are not model-robust
+    "v2": {"sigma": 8.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 1,
            "stop_threshold": 0.01, "select": "vote", "verifier": "grouped", "rescore": True,
            "min_spread": 0.05, "stop_unanimous": True},
 }

@@ -210,6 +210,7 @@ def test_presets_fill_only_the_keys_not_given():
     assert (v1.verifier, v1.rescore, v1.min_rounds, v1.stop_unanimous) == (
         "attempts", False, 2, False)
     assert (v2.preset, v2.verifier, v2.rescore, v2.stop_unanimous) == ("v2", "grouped", True, True)
+    assert (v1.sigma, v2.sigma, v2.sigma_scale, v2.base) == (1.0, 8.0, "embedding_rms", "token")
     mixed = SoftReasonConfig.from_model_args(preset="v1", sigma="4", verifier="grouped")
     assert (mixed.sigma, mixed.verifier, mixed.rescore) == (4.0, "grouped", False)
     assert v1.fingerprint() != v2.fingerprint() != mixed.fingerprint()
