@@ -1,5 +1,5 @@
-"""Slow: our own regression eval (results/regression.json: embedded model, softreason defaults,
-5 svamp problems) rerun exactly as a user's CI would run theirs; any changed answer or a token
+"""Slow: our own regression eval (results/regression.json: embedded model, softreason defaults
+but max_rounds=2, 3 svamp problems) rerun exactly as a user's CI would run theirs; any changed answer or a token
 count off by more than 2% fails."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~8 min on 2 quiet cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~6.5 min on 2 quiet AVX2 cores
 REPO = Path(__file__).resolve().parents[1]
 
 
