@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -186,6 +187,61 @@ def _merge_left_padded(caches: list, rows: list[int]) -> tuple[object, torch.Ten
     return merged, mask, positions
 
 
+class _PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer whose keys and values live in buffers sized once for the whole decode.
+
+    transformers' ``DynamicLayer`` appends by ``torch.cat``: every step copies the layer's whole
+    cache into a fresh allocation, so a decode costs O(length^2) copying, and on CPU each
+    large allocation is a fresh mmap whose pages fault in (most of a long lockstep decode's
+    time on the 135M model was system time). Here a step writes one position in place and the
+    model sees a view of the filled part: the same shapes and values, so the same tokens.
+    """
+
+    @classmethod
+    def install(cls, cache: object, extra: int) -> None:
+        """Swap every plain layer of ``cache`` for one with room for ``extra`` more positions
+        (other layer kinds, e.g. sliding-window ones, keep their own update rule)."""
+        for i, layer in enumerate(getattr(cache, "layers", [])):
+            if type(layer) is DynamicLayer and layer.get_seq_length() > 0:
+                cache.layers[i] = cls.from_layer(layer, extra)
+
+    @classmethod
+    def from_layer(cls, layer: object, extra: int) -> "_PreallocatedLayer":
+        new = cls()
+        new.device, new.is_initialized = layer.device, True
+        new._fill(layer.keys, layer.values, extra)
+        return new
+
+    def _fill(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
+        b, h, n, d = keys.shape
+        self._k = keys.new_empty(b, h, n + extra, d)
+        self._v = values.new_empty(b, values.shape[1], n + extra, values.shape[3])
+        self._k[:, :, :n].copy_(keys)
+        self._v[:, :, :n].copy_(values)
+        self._n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[-2]
+        if self._n + new > self._k.shape[-2]:  # past the planned room: grow once, by half again
+            self._fill(self.keys, self.values, max(new, self._n // 2))
+        self._k[:, :, self._n:self._n + new].copy_(key_states)
+        self._v[:, :, self._n:self._n + new].copy_(value_states)
+        self._n += new
+        self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._k, self._v = self._k[indices], self._v[indices]
+        self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._k = self._k.repeat_interleave(repeats, dim=0)
+        self._v = self._v.repeat_interleave(repeats, dim=0)
+        self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+
 class DecodingEngine:
     """Prefill once, decode many batches; see the module docstring."""
 
@@ -290,6 +346,8 @@ class DecodingEngine:
             else:
                 cache, mask, positions = _merge_left_padded([g.cache for g in live],
                                                             [g.rows_n for g in live])
+            # room for the longest call's tokens, allocated once (see _PreallocatedLayer)
+            _PreallocatedLayer.install(cache, max(g.call.max_new_tokens for g in live))
             logits = torch.cat([g.first_logits for g in live])
             active = [(g, r) for g in live for r in range(g.rows_n)]
             while True:

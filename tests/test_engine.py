@@ -354,3 +354,51 @@ def test_onednn_prepacked_linears_decode_the_same_tokens(tiny_model_dir, arch):
     for a, b in zip(after, before):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_preallocated_cache_gives_the_tokens_and_logprobs_of_torch_cat(engine, prompt_ids,
+                                                                       monkeypatch):
+    """Writing each step into a buffer sized once must not change a single token: the model
+    sees the same keys and values, as a view instead of a fresh concatenation."""
+    from lm_eval_softreason import engine as engine_module
+
+    swapped = []
+    real_install = engine_module._PreallocatedLayer.install.__func__
+
+    def spy(cls, cache, extra):
+        real_install(cls, cache, extra)
+        swapped.append(sum(isinstance(layer, cls) for layer in cache.layers))
+
+    monkeypatch.setattr(engine_module._PreallocatedLayer, "install", classmethod(spy))
+    fast = engine.decode_many(_calls(engine, prompt_ids))
+    assert swapped and all(n == engine.model.config.num_hidden_layers for n in swapped)
+    monkeypatch.setattr(engine_module._PreallocatedLayer, "install", classmethod(
+        lambda cls, cache, extra: None))  # transformers' DynamicLayer: torch.cat every step
+    plain = engine.decode_many(_calls(engine, prompt_ids))
+    for g_fast, g_plain in zip(fast, plain):
+        assert [c.token_ids for c in g_fast] == [c.token_ids for c in g_plain]
+        for a, b in zip(g_fast, g_plain):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_preallocated_layer_writes_in_place_and_grows_only_past_its_room():
+    from transformers.cache_utils import DynamicLayer
+
+    from lm_eval_softreason.engine import _PreallocatedLayer
+
+    plain = DynamicLayer()
+    step = lambda i: torch.full((2, 1, 1, 4), float(i))  # noqa: E731
+    plain.update(step(0), step(0))
+    layer = _PreallocatedLayer.from_layer(plain, extra=3)
+    buffer = layer._k.data_ptr()
+    for i in range(1, 4):
+        keys, values = layer.update(step(i), step(-i))
+        plain.update(step(i), step(-i))
+        assert torch.equal(keys, plain.keys) and torch.equal(values, plain.values)
+    assert layer._k.data_ptr() == buffer  # three steps fit the room: no new allocation
+    assert layer.get_seq_length() == 4
+    layer.update(step(4), step(-4))  # a fifth position: grows, keeps every earlier one
+    plain.update(step(4), step(-4))
+    assert torch.equal(layer.keys, plain.keys) and layer._k.data_ptr() != buffer
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.keys.shape == (1, 1, 5, 4) and torch.equal(layer.keys, plain.keys[1:])
