@@ -101,7 +101,14 @@ def single_process(peaked_dir, tmp_path_factory):
 def _assert_same_as_single(single, multi) -> None:
     (one, one_rows), (two, two_rows) = single, multi
     metrics = {k: v for k, v in one["results"]["softreason_smoke"].items() if "wall_s" not in k}
-    assert {k: two["results"]["softreason_smoke"][k] for k in metrics} == metrics
+    # lm-eval gathers the ranks' per-sample scores in rank order, so its standard errors see a
+    # permuted list: float sums and bootstrap resamples differ in the last digits. Every point
+    # metric and every response must be identical; the errors only agree to rounding.
+    errors = {k for k in metrics if k.endswith("_stderr,none") and isinstance(metrics[k], float)}
+    assert {k: two["results"]["softreason_smoke"][k] for k in metrics.keys() - errors} == \
+        {k: metrics[k] for k in metrics.keys() - errors}
+    for k in errors:
+        assert two["results"]["softreason_smoke"][k] == pytest.approx(metrics[k], rel=0.01), k
     assert [r["doc_id"] for r in two_rows] == [0, 1, 2, 3, 4]
     # (lm-eval appends the padding copy's response to the instance it copied: a second entry)
     assert [r["resps"][0][0] for r in two_rows] == [r["resps"][0][0] for r in one_rows]
