@@ -402,3 +402,8 @@ def test_preallocated_layer_writes_in_place_and_grows_only_past_its_room():
     assert torch.equal(layer.keys, plain.keys) and layer._k.data_ptr() != buffer
     layer.batch_select_indices(torch.tensor([1]))
     assert layer.keys.shape == (1, 1, 5, 4) and torch.equal(layer.keys, plain.keys[1:])
+    layer.batch_repeat_interleave(3)
+    layer.update(torch.full((3, 1, 1, 4), 5.0), torch.full((3, 1, 1, 4), -5.0))
+    expected = torch.cat([plain.keys[1:].repeat_interleave(3, dim=0), torch.full((3, 1, 1, 4), 5.0)],
+                         dim=-2)
+    assert torch.equal(layer.keys, expected)
