@@ -20,6 +20,7 @@ SELECTS = ("vote", "vote_candidates", "weighted", "best")
 VERIFIERS = ("attempts", "grouped")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_LINEARS = ("auto", "aten", "onednn")
+BACKENDS = ("hf", "vllm")
 
 # The fields that cannot change what ``generate_until`` returns for a request, and why. Every
 # other field is part of the configuration fingerprint (``SoftReasonConfig.fingerprint``), so a
@@ -32,6 +33,11 @@ NOT_IN_FINGERPRINT = {
     "max_batch_size": "the cap of batch_size=auto",
     "threads": "how many CPU threads compute; like device, it changes only float rounding",
     "trace_dir": "where per-request traces are written",
+    "tensor_parallel_size": "how many GPUs vLLM splits the model over; like device, only "
+                            "float rounding",
+    "gpu_memory_utilization": "how much GPU memory vLLM may take for weights and KV cache",
+    "enforce_eager": "vLLM without CUDA graphs / torch.compile: the same kernels' arithmetic, "
+                     "only start-up time and speed change",
 }
 
 # The defaults a preset decides (model_args preset=...); a key given explicitly wins.
@@ -69,6 +75,13 @@ class SoftReasonConfig:
     # prepacked once for oneDNN (results/cpu_engine.md); auto: onednn for float32 on CPU
     cpu_linear: str = "auto"
     threads: int | str = "auto"  # torch intra-op threads; auto: the CPUs this process may use
+    # --- decoding backend ------------------------------------------------------------------
+    # hf: our transformers engine (engine.py); vllm: vLLM's (vllm_engine.py, optional extra)
+    backend: str = "hf"
+    tensor_parallel_size: int = 1  # vLLM only: GPUs per model
+    gpu_memory_utilization: float | None = None  # vLLM only; None: vLLM's default
+    # vLLM only: skip torch.compile and CUDA graphs; on CPU compiling costs ~3 min per start
+    enforce_eager: bool = True
     # --- search ----------------------------------------------------------------------------
     # None below means "as the preset says" (PRESETS); the resolved value replaces it
     preset: str = DEFAULT_PRESET
@@ -138,6 +151,18 @@ class SoftReasonConfig:
         _choice("answer_type", self.answer_type, ANSWER_TYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("cpu_linear", self.cpu_linear, CPU_LINEARS)
+        _choice("backend", self.backend, BACKENDS)
+        if self.backend != "vllm":
+            for key, default in (("tensor_parallel_size", 1), ("gpu_memory_utilization", None)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"softreason: model_args {key}={getattr(self, key)!r} "
+                                     "needs backend=vllm (the hf backend ignores it)")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"softreason: model_args tensor_parallel_size="
+                             f"{self.tensor_parallel_size!r} must be >= 1")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"softreason: model_args gpu_memory_utilization="
+                             f"{self.gpu_memory_utilization!r} must be in (0, 1]")
         if self.threads != "auto" and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"softreason: model_args threads={self.threads!r} must be an "
                              "integer >= 1 or auto")

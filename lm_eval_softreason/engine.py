@@ -246,6 +246,15 @@ class _PreallocatedLayer(DynamicLayer):
         self._expose()
 
 
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every id that ends a row: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(int(e) for e in ids)
+
+
 class DecodingEngine:
     """Prefill once, decode many batches; see the module docstring."""
 
@@ -254,11 +263,7 @@ class DecodingEngine:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.stats = EngineStats()
-        eos = model.generation_config.eos_token_id if model.generation_config else None
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = frozenset(int(e) for e in eos_ids)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         # transformers >= 5.2x renamed the KV-cache argument `past_key_values` to `cache`
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"

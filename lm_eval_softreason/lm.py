@@ -27,7 +27,7 @@ from .answers import ANSWER_TYPES
 from .cache import isolate_cache
 from .config import SoftReasonConfig
 from .engine import DecodingEngine, EngineStats
-from .loading import load_model_and_tokenizer
+from .loading import load_model_and_tokenizer, load_vllm
 from .lockstep import auto_slots, run_lockstep
 from .search import baselines, softreason
 from .search.problem import Engine, Problem, SearchOutcome
@@ -114,9 +114,19 @@ class SoftReasonLM(HFLM):
 
     def __init__(self, **model_args: Any) -> None:
         self.cfg = SoftReasonConfig.from_model_args(**model_args)
-        accelerator = distributed.start(self.cfg.device)  # torchrun / accelerate launch with N processes
-        self.cfg = replace(self.cfg, device=distributed.rank_device(self.cfg.device, accelerator))
-        model, tokenizer, self.model_name = load_model_and_tokenizer(self.cfg)
+        engine: Engine | None = None
+        if self.cfg.backend == "vllm":
+            if distributed.launched_world_size() > 1:
+                raise ValueError("softreason: backend=vllm runs in one process (vLLM spreads "
+                                 "the model itself: tensor_parallel_size); launch it without "
+                                 "torchrun/accelerate, or use backend=hf for data parallelism")
+            accelerator = None
+            model, tokenizer, self.model_name, engine = load_vllm(self.cfg)
+        else:
+            accelerator = distributed.start(self.cfg.device)  # torchrun / accelerate, N processes
+            self.cfg = replace(self.cfg,
+                               device=distributed.rank_device(self.cfg.device, accelerator))
+            model, tokenizer, self.model_name = load_model_and_tokenizer(self.cfg)
         super().__init__(
             pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.batch_size,
             max_length=self.cfg.max_length,
@@ -125,7 +135,7 @@ class SoftReasonLM(HFLM):
             self.accelerator = accelerator
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         self._all_rank_totals: list[dict[str, float]] | None = None
-        self.engine = DecodingEngine(self.model, self.tokenizer)
+        self.engine = engine or DecodingEngine(self.model, self.tokenizer)
         # dtype=auto is bfloat16 on some machines and float32 on others: fingerprint the one used
         self._loaded_dtype = str(self.model.dtype).removeprefix("torch.")
         # what every chat-formatted prompt of this model starts with ("" if it has no template)
@@ -222,10 +232,26 @@ class SoftReasonLM(HFLM):
         """Searches in flight: ``batch_size``, or with ``auto`` as many as fit in free memory."""
         if self.cfg.batch_size != "auto":
             return min(int(self.cfg.batch_size), max(1, n_requests))
+        if self.cfg.backend == "vllm":  # vLLM schedules and pages its own KV memory
+            return min(self.cfg.max_batch_size or 64, max(1, n_requests))
         rows = {"softreason": self.cfg.k + 1, "random": self.cfg.k + 1, "sc": self.cfg.n}
         slots = auto_slots(self.engine, rows.get(self.cfg.search, 1), min(self.max_length, 4096),
                            cap=self.cfg.max_batch_size)
         return min(slots, max(1, n_requests))
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
+        self._hf_backend_only("loglikelihood")
+        return super().loglikelihood(requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list:
+        self._hf_backend_only("loglikelihood_rolling")
+        return super().loglikelihood_rolling(requests, disable_tqdm)
+
+    def _hf_backend_only(self, kind: str) -> None:
+        if self.cfg.backend != "hf":
+            raise NotImplementedError(
+                f"softreason: backend={self.cfg.backend} answers generate_until requests only; "
+                f"this task asks for {kind}: run it with backend=hf")
 
     def _search(self, engine: Engine, prep: "_Prepared") -> SearchOutcome:
         """Run the configured search; any exception becomes a greedy fallback (one hard

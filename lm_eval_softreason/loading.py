@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -172,6 +173,53 @@ def load_model_and_tokenizer(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, name
+
+
+def dequantized_directory(directory: str, gguf_file: str, trust_remote_code: bool = False) -> Path:
+    """A GGUF model as a float32 Hugging Face directory, made once in the cache: what vLLM
+    loads for backend=vllm, with the very weights transformers dequantizes for backend=hf."""
+    gguf = Path(directory) / gguf_file
+    stat = gguf.stat()
+    target = wheels.cache_dir() / "dequantized" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file,
+                                              trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file,
+                                                 dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    # a GGUF-loaded model refuses save_pretrained (it is marked quantized): move its float32
+    # tensors into a plain model of the same config instead
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    partial = target.with_name(target.name + ".partial")  # never a half-written directory
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def load_vllm(cfg: SoftReasonConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, Any]:
+    """(weightless model skeleton, tokenizer, name, VLLMEngine) for ``backend=vllm``. A GGUF
+    model is dequantized to a Hugging Face directory first (``dequantized_directory``)."""
+    from .vllm_engine import load_vllm_engine
+
+    source, gguf_file, name = resolve_source(cfg)
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    if gguf_file:
+        source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    engine = load_vllm_engine(cfg, source, dtype, tokenizer)
+    return engine.model, tokenizer, name, engine
 
 
 if __name__ == "__main__":  # `python -m lm_eval_softreason.loading`: fetch the embedded model
