@@ -92,7 +92,7 @@ def _hf_throughput(load_args: dict, tokens: int) -> dict:
     return out
 
 
-def _searches(lm, problems: int) -> dict:
+def searches(lm, problems: int) -> dict:
     """Wall time and answers of ``problems`` softreason searches on svamp_dev."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -140,7 +140,7 @@ def main() -> None:
         lm = SoftReasonLM(**load_args, **keys)
         entry = {"model_args": keys, "threads": torch.get_num_threads(),
                  "throughput": _throughput(lm, args.tokens)}
-        entry["search"] = _searches(lm, args.problems)
+        entry["search"] = searches(lm, args.problems)
         report["configs"][name] = entry
         print(name, json.dumps(entry, default=str)[:600], flush=True)
         del lm

