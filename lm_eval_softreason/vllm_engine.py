@@ -96,13 +96,15 @@ class VLLMEngine:
             for prompt, param in self._requests(call):
                 prompts.append(prompt)
                 params.append(param)
-                owner.append((index, int(prompt["prompt_embeds"].shape[0])))
+                owner.append((index, len(call.prefix.prompt_ids)))
         outputs = self._generate(prompts, params) if prompts else []
         per_call: list[list[Candidate]] = [[] for _ in calls]
         counts = [EngineStats() for _ in calls]
         for (index, prompt_len), out in zip(owner, outputs):
             call, count = calls[index], counts[index]
-            count.prefill_tokens += prompt_len - (out.num_cached_tokens or 0)
+            # prompt positions computed for this request; its soft row, if any, is counted in
+            # soft_positions (as in the HF engine) and is never served from the cache
+            count.prefill_tokens += max(0, prompt_len - (out.num_cached_tokens or 0))
             count.soft_positions += call.soft_embeds is not None
             for completion in out.outputs:
                 candidate = self._candidate(completion, call.until or [])

@@ -102,10 +102,11 @@ def test_each_call_is_charged_its_own_rows_and_the_engine_the_batch_once(model_d
              DecodeCall(Prefix([1, 2, 3], None, torch.empty(0)), None, n=2, stats=b)]
     engine.decode_many(calls)
     assert len(engine.sent) == 1 and len(engine.sent[0]) == 3  # one generate, three requests
-    # prompt positions vLLM computed: 5 per soft row less its cached ones; 3 for B
-    assert (a.prefill_tokens, a.soft_positions, a.generated_tokens) == (5 - 2 + 5 - 4, 2, 3)
+    # prompt positions vLLM computed: 4 per soft row less its cached ones (the soft position
+    # counts apart, as in the HF engine); 3 for B
+    assert (a.prefill_tokens, a.soft_positions, a.generated_tokens) == (4 - 2 + 4 - 4, 2, 3)
     assert (b.prefill_tokens, b.soft_positions, b.generated_tokens) == (3, 0, 4)
-    assert engine.stats.generated_tokens == 7 and engine.stats.prefill_tokens == 7
+    assert engine.stats.generated_tokens == 7 and engine.stats.prefill_tokens == 5
     assert a.decode_s == b.decode_s == pytest.approx(engine.stats.decode_s)
 
 
@@ -117,7 +118,7 @@ def test_prefill_gives_the_greedy_token_and_reuses_its_embeddings(model_dir):
     engine.decode(prefix, torch.zeros(1, engine.hidden_size))
     sent = engine.sent[1][0][0]["prompt_embeds"]
     assert torch.equal(sent[:4], prefix.embeds)
-    assert engine.stats.prefill_tokens == 4 + 5 - 4  # the cached blocks are not charged
+    assert engine.stats.prefill_tokens == 4 + 4 - 4  # the cached blocks are not charged
 
 
 def test_zero_new_tokens_is_refused_with_a_reason(model_dir):

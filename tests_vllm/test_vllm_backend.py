@@ -93,3 +93,20 @@ def test_softreason_runs_end_to_end_through_the_stock_cli(tmp_path):
     assert len(samples) == 2
     for sample in samples:
         assert sample["resps"][0][0].strip()
+
+
+def test_rows_of_a_long_prompt_reuse_its_cached_blocks(vllm_lm):
+    """Prefill caches the prompt's full KV blocks; the request's soft rows send the same
+    embeddings plus one row, so only the last partial block and the soft row are computed."""
+    engine = vllm_lm.engine
+    question = " ".join(["Tom has 3 apples and buys 4 more."] * 40)
+    ids = vllm_lm._encode(vllm_lm.apply_chat_template([{"role": "user", "content": question}]))
+    assert len(ids) > 256
+    before = engine.stats.prefill_tokens
+    prefix = engine.prefill(ids)
+    assert engine.stats.prefill_tokens - before == len(ids)  # nothing cached yet
+    before = engine.stats.prefill_tokens
+    engine.decode(prefix, engine.embed([prefix.greedy_token]).repeat(2, 1), max_new_tokens=4)
+    computed = engine.stats.prefill_tokens - before
+    print(f"prompt {len(ids)} positions; 2 soft rows computed {computed} prompt positions")
+    assert computed <= 2 * (len(ids) - 128)  # at least one full block served to each row
