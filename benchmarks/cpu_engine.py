@@ -73,10 +73,15 @@ def _hf_throughput(load_args: dict, tokens: int) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    from lm_eval_softreason.config import SoftReasonConfig
+    from lm_eval_softreason.loading import resolve_source
+
+    # the same files SoftReasonLM loads (a GGUF file for the embedded model)
+    source, gguf_file, _ = resolve_source(SoftReasonConfig.from_model_args(**load_args))
     out = {}
     for batch in BATCHES:
-        hf = HFLM(pretrained=load_args["pretrained"], dtype=load_args.get("dtype", "float32"),
-                  device="cpu", batch_size=batch)
+        hf = HFLM(pretrained=source, dtype=load_args.get("dtype", "float32"), device="cpu",
+                  batch_size=batch, **({"gguf_file": gguf_file} if gguf_file else {}))
         hf.model.generation_config.eos_token_id = None  # every row runs the full length
         context = hf.apply_chat_template([{"role": "user", "content": PROMPT}])
         reqs = [Instance("generate_until", {}, (context, {"until": [], "max_gen_toks": tokens,
