@@ -12,17 +12,16 @@ searches (default preset, svamp_dev) with their answers. Writes ``<out>.json`` a
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import time
 from pathlib import Path
 
 import torch
-from cpu_engine import searches  # same search measurement as the CPU engine benchmark
+# shared with the CPU engine benchmark: arguments, provenance, the search measurement
+from cpu_engine import model_arguments, report_head, searches, write_report
 
-from lm_eval_softreason.bench import provenance
-from lm_eval_softreason.bench.runner import default_data_dir, model_spec
+from lm_eval_softreason.bench.runner import default_data_dir
 from lm_eval_softreason.engine import DecodeCall
 
 CONCURRENCY = (1, 5, 20)
@@ -54,22 +53,13 @@ def throughput(lm, tokens: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model = ap.add_mutually_exclusive_group()
-    model.add_argument("--bench-model")
-    model.add_argument("--pretrained")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--problems", type=int, default=3)
+    ap = model_arguments(__doc__.split("\n\n")[0], problems=3)
     ap.add_argument("--out", default="results/backend_throughput")
     args = ap.parse_args()
     from lm_eval_softreason.lm import SoftReasonLM
 
-    spec = model_spec(args.pretrained, args.bench_model)
-    load_args = {**spec.load_args, "dtype": args.dtype}
-    report: dict = {"model": spec.label, "dtype": args.dtype, "tokens": args.tokens,
-                    "device": provenance.device_info("cpu"), "versions": provenance.versions(),
-                    "git": provenance.git_commit(), "backends": {}}
+    load_args, head = report_head(args)
+    report: dict = {**head, "backends": {}}
     for name, keys in BACKENDS.items():
         start = time.perf_counter()
         lm = SoftReasonLM(**load_args, **keys)
@@ -80,11 +70,7 @@ def main() -> None:
         print(name, json.dumps(entry, default=str)[:600], flush=True)
         del lm
         gc.collect()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    out.with_suffix(".md").write_text(render(report))
-    print(render(report))
+    write_report(report, args.out, render)
 
 
 def render(report: dict) -> str:

@@ -120,25 +120,45 @@ def searches(lm, problems: int) -> dict:
             "gen_tokens": [s["gen_tokens"] for s in samples]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_arguments(description: str, problems: int) -> argparse.ArgumentParser:
+    """The arguments this benchmark shares with backend_throughput.py."""
+    ap = argparse.ArgumentParser(description=description)
     model = ap.add_mutually_exclusive_group()
     model.add_argument("--bench-model")
     model.add_argument("--pretrained")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--problems", type=int, default=8)
+    ap.add_argument("--problems", type=int, default=problems)
+    return ap
+
+
+def report_head(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(load args for SoftReasonLM, the report's provenance fields) for ``args``."""
+    spec = model_spec(args.pretrained, args.bench_model)
+    return ({**spec.load_args, "dtype": args.dtype},
+            {"model": spec.label, "dtype": args.dtype, "tokens": args.tokens,
+             "device": provenance.device_info("cpu"), "versions": provenance.versions(),
+             "git": provenance.git_commit()})
+
+
+def write_report(report: dict, out: str, render) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    path.with_suffix(".md").write_text(render(report))
+    print(render(report))
+
+
+def main() -> None:
+    ap = model_arguments(__doc__.split("\n\n")[0], problems=8)
     ap.add_argument("--skip-hf", action="store_true", help="leave out lm-eval's hf model")
     ap.add_argument("--out", default="results/cpu_engine")
     args = ap.parse_args()
     from lm_eval_softreason.lm import SoftReasonLM
 
-    spec = model_spec(args.pretrained, args.bench_model)
-    load_args = {**spec.load_args, "dtype": args.dtype}
+    load_args, head = report_head(args)
     default_threads = torch.get_num_threads()
-    report: dict = {"model": spec.label, "dtype": args.dtype, "tokens": args.tokens,
-                    "device": provenance.device_info("cpu"), "versions": provenance.versions(),
-                    "git": provenance.git_commit(), "configs": {}}
+    report: dict = {**head, "configs": {}}
     for name, keys in CONFIGS.items():
         if name == "before":  # torch's own default thread count, as before the change
             keys = {**keys, "threads": default_threads}
@@ -153,11 +173,7 @@ def main() -> None:
     if not args.skip_hf:
         torch.set_num_threads(default_threads)
         report["hf"] = _hf_throughput(load_args, args.tokens)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    out.with_suffix(".md").write_text(render(report))
-    print(render(report))
+    write_report(report, args.out, render)
 
 
 def render(report: dict) -> str:
