@@ -162,3 +162,24 @@ def test_without_vllm_installed_the_error_says_how_to_get_it(monkeypatch, model_
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(ImportError, match=r"lm-eval-softreason\[vllm\]"):
         SoftReasonLM(pretrained=str(model_dir), backend="vllm")
+
+
+def test_loglikelihood_tasks_are_refused_on_vllm_naming_the_hf_backend(monkeypatch, model_dir):
+    import lm_eval_softreason.lm as lm_module
+
+    engine = ScriptedEngine(model_dir, [])
+    monkeypatch.setattr(lm_module, "load_vllm",
+                        lambda cfg: (engine.model, engine.tokenizer, "tiny", engine))
+    lm = lm_module.SoftReasonLM(pretrained=str(model_dir), backend="vllm")
+    assert lm.engine is engine
+    for method in (lm.loglikelihood, lm.loglikelihood_rolling):
+        with pytest.raises(NotImplementedError, match="backend=hf"):
+            method([])
+
+
+def test_a_multi_process_launch_is_refused_on_vllm(monkeypatch, model_dir):
+    from lm_eval_softreason.lm import SoftReasonLM
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        SoftReasonLM(pretrained=str(model_dir), backend="vllm")
