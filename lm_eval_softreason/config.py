@@ -40,6 +40,11 @@ NOT_IN_FINGERPRINT = {
                      "only start-up time and speed change",
 }
 
+# Keys added after results were recorded, with the value every earlier run implicitly had. At
+# that value a key is left out of the fingerprint and of a cell's settings, so earlier caches
+# and cells stay valid; any other value is hashed like every output-changing key.
+ADDED_LATER = {"backend": "hf"}
+
 # The defaults a preset decides (model_args preset=...); a key given explicitly wins.
 # v1: the package's first defaults (every cell committed before issue 18 ran with them).
 # v2: chosen on the development splits (results/dev/, README "Presets").
@@ -213,8 +218,14 @@ class SoftReasonConfig:
         ``NOT_IN_FINGERPRINT``. ``dtype=auto`` resolves per machine, so a caller that knows the
         resolved dtype fingerprints ``replace(cfg, dtype=<resolved>)`` (as ``SoftReasonLM``
         does); ``auto`` itself hashes as ``auto``."""
-        kept = {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT}
+        kept = self.output_settings()
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+    def output_settings(self) -> dict[str, Any]:
+        """The fields that can change a response (``fingerprint`` hashes them): all but
+        ``NOT_IN_FINGERPRINT``, and ``ADDED_LATER`` keys only away from their original value."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT
+                and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,3 +76,15 @@ def test_config_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"LM_EVAL_SOFTREASON_NO_HOOK": "1", "PATH": ""})
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_key_added_later_keeps_earlier_fingerprints_at_its_original_value():
+    """backend was added after caches and cells were recorded: at hf (what they all ran on) it
+    is not hashed, so they stay valid; at vllm it is."""
+    from lm_eval_softreason.config import ADDED_LATER
+
+    hf = SoftReasonConfig.from_model_args(backend="hf")
+    assert ADDED_LATER == {"backend": "hf"}
+    assert "backend" not in hf.output_settings()
+    assert SoftReasonConfig.from_model_args(backend="vllm").output_settings()["backend"] == "vllm"
+    assert hf.fingerprint() != SoftReasonConfig.from_model_args(backend="vllm").fingerprint()

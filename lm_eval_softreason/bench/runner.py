@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import extract_answer, format_answer
-from ..config import NOT_IN_FINGERPRINT, SoftReasonConfig
+from ..config import SoftReasonConfig
 from . import bench_model as bench_models
 from . import methods as methods_mod
 from . import provenance, records
@@ -30,9 +30,6 @@ from .common import default_data_dir, quiet_lm_eval, settings_diff, settings_has
 from .methods import Method
 
 EMBEDDED_LABEL = "smollm2-135m"
-# SoftReasonConfig keys kept out of the settings hash: those that cannot change an answer (the
-# cache fingerprint's list) and the model's path (its identity, in model_identity, goes in)
-_NOT_SETTINGS = ("pretrained", "gguf_file", *NOT_IN_FINGERPRINT)
 # model_args keys that lm-eval's hf model shares with ours
 _HF_KEYS = ("dtype", "device", "trust_remote_code", "max_length")
 
@@ -228,8 +225,10 @@ class Runner:
             args = {k: v for k, v in self.hf_model_args().items()
                     if k not in ("pretrained", "gguf_file", "device")}
         else:
-            args = {k: v for k, v in self.cell_cfg(method).to_dict().items()
-                    if k not in _NOT_SETTINGS}
+            # what can change an answer (the cache fingerprint's fields), less the model's
+            # path: its identity, in model_identity, goes in
+            args = {k: v for k, v in self.cell_cfg(method).output_settings().items()
+                    if k not in ("pretrained", "gguf_file")}
         return {"model": self.spec.label, "model_identity": self.spec.identity, "task": task,
                 "method": method.name, "backend": method.backend, "model_args": args,
                 "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
