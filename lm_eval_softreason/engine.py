@@ -445,8 +445,14 @@ class DecodingEngine:
         return any(u in tail for u in until)
 
     def _finish(self, row: _Row, until: list[str]) -> Candidate:
-        text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-        cuts = [text.find(u) for u in until if u in text]
-        if cuts:
-            text = text[: min(cuts)]
+        text = candidate_text(self.tokenizer, row.token_ids, until)
         return Candidate(text, row.token_ids, row.logprobs, row.stop_reason or "max_tokens")
+
+
+def candidate_text(tokenizer: PreTrainedTokenizerBase, token_ids: list[int],
+                   until: list[str]) -> str:
+    """A row's text: its tokens decoded (special tokens skipped), cut before the first stop
+    string. Every engine makes a candidate's text this way."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    cuts = [text.find(u) for u in until if u and u in text]
+    return text[: min(cuts)] if cuts else text

@@ -25,7 +25,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, Pr
                           PreTrainedTokenizerBase)
 
 from .config import SoftReasonConfig
-from .engine import Candidate, DecodeCall, EngineStats, Prefix, eos_token_ids
+from .engine import Candidate, DecodeCall, EngineStats, Prefix, candidate_text, eos_token_ids
 
 
 @dataclass
@@ -169,11 +169,7 @@ class VLLMEngine:
             reason = "until" if isinstance(completion.stop_reason, str) else "eos"
         if ids and ids[-1] in self.eos_ids and reason == "eos":
             ids, logprobs = ids[:-1], logprobs[:-1]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cuts = [text.find(u) for u in until if u and u in text]
-        if cuts:
-            text = text[: min(cuts)]
-        return Candidate(text, ids, logprobs, reason)
+        return Candidate(candidate_text(self.tokenizer, ids, until), ids, logprobs, reason)
 
 
 def load_vllm_engine(cfg: SoftReasonConfig, source: str, dtype: torch.dtype,
