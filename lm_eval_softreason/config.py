@@ -85,7 +85,8 @@ class SoftReasonConfig:
     backend: str = "hf"
     tensor_parallel_size: int = 1  # vLLM only: GPUs per model
     gpu_memory_utilization: float | None = None  # vLLM only; None: vLLM's default
-    # vLLM only: skip torch.compile and CUDA graphs; on CPU compiling costs ~3 min per start
+    # vLLM only: skip torch.compile and CUDA graphs (issue 19 measured 180-210 s of compiling
+    # per start on 2-core CPUs; eager started in 37 s, results/backend_throughput.md)
     enforce_eager: bool = True
     # --- search ----------------------------------------------------------------------------
     # None below means "as the preset says" (PRESETS); the resolved value replaces it
