@@ -21,12 +21,13 @@ class Killed(BaseException):
     """Stands in for SIGKILL: not an Exception, so nothing in the run catches it."""
 
 
-def _argv(model_dir: Path, results: Path, data_dir: Path) -> list[str]:
-    return ["--methods", "hf-greedy,greedy", "--tasks", "svamp", "--limit", "3",
+def _argv(model_dir: Path, results: Path, data_dir: Path,
+          methods: str = "hf-greedy,greedy") -> list[str]:
+    return ["--methods", methods, "--tasks", "svamp", "--limit", "3",
             "--pretrained", str(model_dir), "--model-label", "tiny",
             "--model-args", "dtype=float32,device=cpu",
             "--gen-kwargs", "max_gen_toks=6", "--results-dir", str(results),
-            "--data-dir", str(data_dir)]
+            "--data-dir", str(data_dir), "--request-cache", str(results / "requests")]
 
 
 @pytest.fixture()
@@ -111,6 +112,45 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
     for cell_json in (resumed / "tiny" / "svamp").glob("*.json"):
         text = cell_json.read_text()
         assert str(data_dir.resolve()) not in text and "$LM_EVAL_SOFTREASON_DATA" in text
+
+
+def test_run_killed_inside_a_chunk_reruns_only_its_unfinished_problems(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, generate_calls):
+    from lm_eval.api.model import CacheHook
+
+    model_dir = tiny_model_dir("llama")
+    argv = [*_argv(model_dir, tmp_path, data_dir, methods="greedy"), "--chunk", "3"]
+    straight = tmp_path / "straight"
+    assert cli.main([*_argv(model_dir, straight, data_dir, methods="greedy"), "--chunk", "3",
+                     "--no-request-cache"]) == 0
+    assert not (straight / "requests").exists()
+
+    # killed once the chunk's first answer is in the request cache: nothing is on disk yet
+    original = CacheHook.add_partial
+
+    def cache_then_die(self, *args):
+        original(self, *args)
+        raise Killed
+
+    monkeypatch.setattr(CacheHook, "add_partial", cache_then_die)
+    generate_calls.clear()
+    with pytest.raises(Killed):
+        cli.main(argv)
+    assert records.read_samples(records.cell_paths(tmp_path, "tiny", "svamp", "greedy")) == []
+    monkeypatch.setattr(CacheHook, "add_partial", original)
+
+    generate_calls.clear()
+    assert cli.main(argv) == 0
+    assert len(generate_calls) == 2  # the finished problem came from the cache
+    assert _metrics(tmp_path, "greedy") == _metrics(straight, "greedy")
+    resumed = records.read_samples(records.cell_paths(tmp_path, "tiny", "svamp", "greedy"))
+    first = records.read_samples(records.cell_paths(straight, "tiny", "svamp", "greedy"))
+    assert [(r["doc_id"], r["response"], r["stats"]["gen_tokens"]) for r in resumed] == [
+        (r["doc_id"], r["response"], r["stats"]["gen_tokens"]) for r in first]
+    # one cache file per cell and settings hash
+    cell = records.read_cell(records.cell_paths(tmp_path, "tiny", "svamp", "greedy").json)
+    assert [p.name for p in (tmp_path / "requests" / "tiny" / "svamp").iterdir()] == [
+        f"greedy-{cell['settings_hash']}_rank0.db"]
 
 
 def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path):

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..answers import extract_answer, format_answer
 from ..config import SoftReasonConfig
+from ..wheels import cache_dir
 from . import bench_model as bench_models
 from . import methods as methods_mod
 from . import provenance, records
@@ -81,6 +82,9 @@ class Options:
     chunk: int = 1
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keys, every method
     command: str = ""
+    # lm-eval's per-request cache (--use_cache) under this directory, one file per cell and
+    # settings hash: a run killed inside a chunk keeps every problem it finished. None: off
+    request_cache: Path | None = None
 
 
 class Runner:
@@ -269,7 +273,8 @@ class Runner:
                    desc=f"{task}/{method.name}", disable=not progress)
         for start in range(0, len(todo), max(1, self.opts.chunk)):
             chunk = todo[start:start + max(1, self.opts.chunk)]
-            result, generate_s = self._evaluate(lm, task, chunk)
+            result, generate_s = self._evaluate(lm, task, chunk,
+                                                self.request_cache(task, method, cell_hash))
             for example in sorted(result["samples"][task], key=lambda e: e["doc_id"]):
                 record = self._record(example, lm, generate_s / len(chunk), len(chunk),
                                       cell_hash)
@@ -285,12 +290,26 @@ class Runner:
         bar.close()
         return cell
 
-    def _evaluate(self, lm, task: str, doc_ids: list[int]) -> tuple[dict, float]:
+    def request_cache(self, task: str, method: Method, cell_hash: str) -> str | None:
+        """lm-eval's ``use_cache`` prefix for one cell, or None when the cache is off.
+
+        The settings hash is in the name because lm-eval keys a cached answer on the prompt
+        and gen_kwargs alone: a cell with other settings never reads this one's answers (the
+        softreason model also keeps one table per configuration: ``cache.isolate_cache``)."""
+        if self.opts.request_cache is None:
+            return None
+        folder = Path(self.opts.request_cache) / self.spec.label / task
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder / f"{method.name}-{cell_hash}")
+
+    def _evaluate(self, lm, task: str, doc_ids: list[int],
+                  use_cache: str | None = None) -> tuple[dict, float]:
         import lm_eval
 
         self.generate_s = 0.0
         result = lm_eval.simple_evaluate(
             model=lm, tasks=[task], samples={task: list(doc_ids)}, log_samples=True,
+            use_cache=use_cache,
             apply_chat_template=self.opts.apply_chat_template, num_fewshot=self.opts.num_fewshot,
             gen_kwargs=dict(self.opts.gen_kwargs) or None, task_manager=self.task_manager(),
             bootstrap_iters=0,
@@ -418,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--chunk", type=int, default=1,
                    help="problems per lm-eval call (resume granularity; >1 lets the model batch)")
+    p.add_argument("--request-cache", default=None, metavar="DIR",
+                   help="lm-eval's per-request cache for the cells (default: "
+                        "$LM_EVAL_SOFTREASON_CACHE/requests): a run killed inside a chunk "
+                        "reruns only the problems it had not finished")
+    p.add_argument("--no-request-cache", action="store_true",
+                   help="no per-request cache: a killed chunk is rerun whole")
     p.add_argument("--list", action="store_true",
                    help="print the cells and their state; run nothing")
     p.add_argument("--verbose", action="store_true", help="keep lm-eval's info logging")
@@ -453,6 +478,8 @@ def run(argv: list[str], command: str | None = None) -> int:
         data_dir=args.data_dir or default_data_dir(), chunk=args.chunk,
         model_args=parse_args_string(args.model_args),
         command=command or provenance.command_line(["softreason-bench", *argv]),
+        request_cache=None if args.no_request_cache else Path(
+            args.request_cache or cache_dir() / "requests"),
     )
     if args.list:
         for m, task, limit in cells:
