@@ -157,36 +157,6 @@ class _Group:
         return [self.engine._finish(row, self.until) for row in self.candidates]
 
 
-def _merge_left_padded(caches: list, rows: list[int]) -> tuple[object, torch.Tensor, torch.Tensor]:
-    """One batch from several calls' caches of different lengths: each is left-padded to the
-    longest, the pads masked out, and each row keeps its own positions (as in batched HF
-    generation). Returns (cache, attention mask over the cache, next position of each row)."""
-    from transformers import DynamicCache
-
-    if not all(type(c) is DynamicCache and all(type(layer).__name__ == "DynamicLayer"
-                                               for layer in c.layers) for c in caches):
-        kinds = sorted({type(c).__name__ for c in caches})
-        raise NotImplementedError(f"cross-request batching needs plain DynamicCache caches "
-                                  f"(got {', '.join(kinds)} or non-dynamic layers)")
-    lengths = [c.get_seq_length() for c in caches]
-    longest = max(lengths)
-    merged = DynamicCache()
-    for li in range(len(caches[0].layers)):
-        keys, values = [], []
-        for cache, length in zip(caches, lengths):
-            pad = (0, 0, longest - length, 0)  # left-pad the sequence axis (dim -2)
-            keys.append(torch.nn.functional.pad(cache.layers[li].keys, pad))
-            values.append(torch.nn.functional.pad(cache.layers[li].values, pad))
-        merged.update(torch.cat(keys), torch.cat(values), li)
-    device = caches[0].layers[0].keys.device
-    mask = torch.cat([torch.cat([torch.zeros(n, longest - length, dtype=torch.long),
-                                 torch.ones(n, length, dtype=torch.long)], dim=1)
-                      for length, n in zip(lengths, rows)]).to(device)
-    positions = torch.tensor([length for length, n in zip(lengths, rows) for _ in range(n)],
-                             device=device)
-    return merged, mask, positions
-
-
 class _PreallocatedLayer(DynamicLayer):
     """A KV-cache layer whose keys and values live in buffers sized once for the whole decode.
 
@@ -244,6 +214,274 @@ class _PreallocatedLayer(DynamicLayer):
         self._k = self._k.repeat_interleave(repeats, dim=0)
         self._v = self._v.repeat_interleave(repeats, dim=0)
         self._expose()
+
+
+class _Layout:
+    """Where a running batch's rows live in its KV buffers: rows ``[0, rows)`` are live, every
+    row writes its next position at column ``head``, and the model reads columns
+    ``[first, head)`` (a row's own positions start at its start column; the rest is masked)."""
+
+    def __init__(self) -> None:
+        self.rows = self.first = self.head = 0
+
+
+class _SlotLayer(DynamicLayer):
+    """A KV-cache layer over fixed buffers (rows x heads x columns x head_dim) shared in shape
+    with every other layer of a ``RunningBatch``: a decode step writes column ``head`` of every
+    live row in place, and the model reads a view, so rows can join and leave between steps
+    without copying the others."""
+
+    def __init__(self, layout: _Layout, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.layout, self._k, self._v = layout, keys, values
+        self.device, self.is_initialized = keys.device, True
+        self.expose()
+
+    def expose(self) -> None:
+        lay = self.layout
+        self.keys = self._k[:lay.rows, :, lay.first:lay.head]
+        self.values = self._v[:lay.rows, :, lay.first:lay.head]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        lay = self.layout
+        self._k[:lay.rows, :, lay.head].copy_(key_states[:, :, -1])
+        self._v[:lay.rows, :, lay.head].copy_(value_states[:, :, -1])
+        return (self._k[:lay.rows, :, lay.first:lay.head + 1],
+                self._v[:lay.rows, :, lay.first:lay.head + 1])
+
+
+class RunningBatch:
+    """Continuous batching for the HF engine: calls join and leave one running batch at any step.
+
+    ``decode_many`` runs a set of calls until the last of their rows ends, so a caller whose rows
+    end early waits for the longest row of everyone's; here a finished call is handed back at
+    once (``step`` returns it) and the caller's next call joins the running rows (``admit``).
+    Every step is one forward pass over all live rows. A soft row's first input is its soft
+    vector, taken in the same pass as the other rows' tokens; a plain row starts from its
+    prefix's logits. Rows live in slots of fixed KV buffers (``_SlotLayer``): a row that ends is
+    replaced by the last one (one row copied, not the batch), a joining row's prefix is written
+    once, and the buffers are reallocated only when rows, a longer prefix or the columns outgrow
+    them. Needs plain ``DynamicCache`` prefixes; a call with another cache kind runs alone.
+    """
+
+    def __init__(self, engine: "DecodingEngine") -> None:
+        self.engine = engine
+        self.layout = _Layout()
+        self.layers: list[_SlotLayer] = []
+        self.cache: object | None = None
+        self.owner: list[tuple[_Group, int]] = []  # per slot: (call, row)
+        self.starts: list[int] = []  # per slot: the row's first column
+        self.soft: list[torch.Tensor | None] = []  # per slot: the soft input still to run
+        self.logits: torch.Tensor | None = None  # per slot: the next-token logits
+        self.keys: dict[_Group, object] = {}
+        self.admitted_at: dict[_Group, float] = {}
+        self.longest_prefix = 0  # a rebuild puts the head past it: the next such prompt fits
+        self._ready: list[tuple[object, list[Candidate] | BaseException]] = []
+
+    def __len__(self) -> int:
+        return self.layout.rows
+
+    def admit(self, key: object, call: DecodeCall) -> None:
+        """Queue ``call``; its rows take part from the next ``step``, which hands back
+        ``(key, candidates)`` once they have all ended (or ``(key, exception)``)."""
+        group = _Group(call, self.engine)
+        if not group.rows:
+            self._ready.append((key, group.finish()))
+            return
+        layers = getattr(call.prefix.cache, "layers", None)
+        if not layers or not all(type(layer) is DynamicLayer and layer.get_seq_length() > 0
+                                 for layer in layers):
+            self._ready.append((key, self._alone(call)))
+            return
+        try:
+            self._place(group, layers)
+        except Exception as exc:  # this call's own problem (e.g. a malformed soft vector)
+            self._ready.append((key, exc))
+            return
+        self.keys[group] = key
+        self.admitted_at[group] = time.perf_counter()
+
+    def _alone(self, call: DecodeCall) -> list[Candidate] | BaseException:
+        try:
+            return self.engine.decode_many([call])[0]
+        except Exception as exc:
+            return exc
+
+    def _place(self, group: _Group, layers: list) -> None:
+        lay, m = self.layout, group.rows_n
+        call, length = group.call, layers[0].get_seq_length()
+        soft = None
+        if call.soft_embeds is not None:
+            soft = call.soft_embeds.to(self.engine.device, self.engine.model.dtype)
+            if soft.shape != (m, self.engine.hidden_size):
+                raise ValueError(f"soft_embeds must be rows x {self.engine.hidden_size}, got "
+                                 f"{tuple(soft.shape)}")
+        if self.layers and len(layers) != len(self.layers):
+            raise ValueError(f"prefix has {len(layers)} cache layers, the batch {len(self.layers)}")
+        rows_cap = self.layers[0]._k.shape[0] if self.layers else 0
+        cols_cap = self.layers[0]._k.shape[2] if self.layers else 0
+        self.longest_prefix = max(self.longest_prefix, length)
+        if (lay.rows + m > rows_cap or length > lay.head or lay.head + 1 > cols_cap):
+            self._relayout(layers, head=max(self.longest_prefix, lay.head - lay.first),
+                           rows=max(lay.rows + m, rows_cap),
+                           room=call.max_new_tokens + 1)
+        start, rows = lay.head - length, slice(lay.rows, lay.rows + m)
+        for layer, prefix in zip(self.layers, layers):
+            layer._k[rows, :, start:lay.head] = prefix.keys[0]
+            layer._v[rows, :, start:lay.head] = prefix.values[0]
+        next_logits = call.prefix.next_logits
+        first_logits = (next_logits.unsqueeze(0).expand(m, -1) if soft is None
+                        else next_logits.new_zeros(m, next_logits.shape[-1]))  # not read
+        self.logits = (first_logits.clone() if self.logits is None or lay.rows == 0
+                       else torch.cat([self.logits[:lay.rows], first_logits.to(self.logits)]))
+        self.owner += [(group, r) for r in range(m)]
+        self.starts += [start] * m
+        self.soft += [soft[r] for r in range(m)] if soft is not None else [None] * m
+        lay.rows += m
+        lay.first = min(self.starts)
+        self._expose()
+
+    def _relayout(self, layers: list, head: int, rows: int, room: int) -> None:
+        """Fresh zeroed buffers (pads must be finite: a masked NaN still poisons attention)
+        with the live rows' columns moved so that ``head`` is the next write column."""
+        lay = self.layout
+        span = lay.head - lay.first
+        room = max([room] + [g.call.max_new_tokens - len(g.rows[r].token_ids) + 1
+                             for g, r in self.owner])
+        new = []
+        for i, ref in enumerate(layers):
+            shape = (rows, ref.keys.shape[1], head + room, ref.keys.shape[3])
+            k = ref.keys.new_zeros(shape)
+            v = ref.values.new_zeros(shape[:3] + (ref.values.shape[3],))
+            if lay.rows:
+                old = self.layers[i]
+                k[:lay.rows, :, head - span:head] = old._k[:lay.rows, :, lay.first:lay.head]
+                v[:lay.rows, :, head - span:head] = old._v[:lay.rows, :, lay.first:lay.head]
+            new.append(_SlotLayer(lay, k, v))
+        shift = head - lay.head
+        self.starts = [s + shift for s in self.starts]
+        lay.head, lay.first = head, head - span
+        self.layers = new
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.cache.layers = list(new)
+        self._expose()  # the layers were made before the layout moved
+
+    def _expose(self) -> None:
+        for layer in self.layers:
+            layer.expose()
+
+    def _drop(self, slots: list[int]) -> None:
+        """Free ``slots``: each is refilled by the current last row (one row copied)."""
+        lay = self.layout
+        for p in sorted(slots, reverse=True):
+            last = lay.rows - 1
+            if p != last:
+                cols = slice(min(self.starts[last], self.starts[p]), lay.head)
+                for layer in self.layers:
+                    layer._k[p, :, cols] = layer._k[last, :, cols]
+                    layer._v[p, :, cols] = layer._v[last, :, cols]
+                self.logits[p] = self.logits[last]
+                for lst in (self.owner, self.starts, self.soft):
+                    lst[p] = lst[last]
+            for lst in (self.owner, self.starts, self.soft):
+                lst.pop()
+            lay.rows -= 1
+        lay.first = min(self.starts) if self.starts else lay.head
+        self._expose()
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[object, list[Candidate] | BaseException]]:
+        """One decode step for every live row; returns the calls that have ended since the
+        last step, in the order they were admitted."""
+        ready, self._ready = self._ready, []
+        if not self.layout.rows:
+            return ready
+        try:
+            ended = self._advance()
+        except Exception:  # a failed pass: every call in it reruns alone (own rows or error)
+            ended = list(self.keys)
+            calls = [(self.keys[g], g.call) for g in ended]
+            self._reset()
+            return ready + [(key, self._alone(call)) for key, call in calls]
+        now = time.perf_counter()
+        for g in ended:
+            g.account(now - self.admitted_at.pop(g))
+            ready.append((self.keys.pop(g), g.finish()))
+        return ready
+
+    def _reset(self) -> None:
+        self.owner, self.starts, self.soft = [], [], []
+        self.keys.clear()
+        self.admitted_at.clear()
+        self.layout.rows = 0
+        self.layout.first = self.layout.head
+        self._expose()
+
+    def _advance(self) -> list[_Group]:
+        engine, lay = self.engine, self.layout
+        started = time.perf_counter()
+        choosing = [p for p in range(lay.rows) if self.soft[p] is None]
+        ended_rows: list[int] = []
+        if choosing:
+            logits = self.logits[choosing]
+            tokens = _choose_rows(logits, [self.owner[p] for p in choosing])
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for i, p in enumerate(choosing):
+                g, r = self.owner[p]
+                if not g.step(r, int(tokens[i]), logprobs[i]):
+                    ended_rows.append(p)
+        live_before = {g for g, _ in self.owner}
+        self._drop(ended_rows)
+        live = {g for g, _ in self.owner}
+        ended = sorted(live_before - live, key=list(self.keys).index)
+        if not lay.rows:
+            engine.stats.decode_s += time.perf_counter() - started
+            return ended
+        if lay.head >= self.layers[0]._k.shape[2]:  # out of columns: compact, with new room
+            self._relayout(self.layers, head=max(self.longest_prefix, lay.head - lay.first),
+                           rows=self.layers[0]._k.shape[0], room=1)
+        # every row's input this step: its chosen token's embedding, or its soft vector
+        ids = [g.rows[r].token_ids[-1] if self.soft[p] is None else 0
+               for p, (g, r) in enumerate(self.owner)]
+        embeds = engine.model.get_input_embeddings()(torch.tensor(ids, device=engine.device))
+        soft_slots = [p for p in range(lay.rows) if self.soft[p] is not None]
+        for p in soft_slots:
+            embeds[p] = self.soft[p]
+        starts = torch.tensor(self.starts, device=engine.device)
+        columns = torch.arange(lay.first, lay.head + 1, device=engine.device)
+        mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
+        positions = (lay.head - starts).view(-1, 1)
+        self.logits, _ = engine._forward(self.cache, inputs_embeds=embeds.unsqueeze(1),
+                                         attention_mask=mask, position_ids=positions)
+        lay.head += 1
+        self._expose()
+        for p in soft_slots:
+            g, _ = self.owner[p]
+            g.soft_positions += 1
+            self.soft[p] = None
+        engine.stats.soft_positions += len(soft_slots)
+        for g in live:
+            g.forward_passes += 1
+        engine.stats.decode_s += time.perf_counter() - started
+        return ended
+
+def _choose_rows(logits: torch.Tensor, rows: list[tuple[_Group, int]]) -> torch.Tensor:
+    """The next token of each of ``rows`` (``(call, row)``, one per logits row): greedy argmax,
+    except a sampling call's rows, drawn from its own generator in row order, so its draws do
+    not depend on who else is in the batch or where its rows sit."""
+    chosen = logits.argmax(dim=-1).cpu()
+    spans: dict[_Group, list[int]] = {}
+    for i, (g, r) in sorted(enumerate(rows), key=lambda item: item[1][1]):
+        if g.call.sample:
+            spans.setdefault(g, []).append(i)
+    for g, idx in spans.items():
+        c = g.call
+        chosen[idx] = DecodingEngine._choose(logits[idx], True, c.temperature, c.top_p,
+                                             g.generator)
+    return chosen
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -337,70 +575,52 @@ class DecodingEngine:
                           sample=sample, temperature=temperature, top_p=top_p, seed=seed)
         return self.decode_many([call])[0]
 
+    def open_batch(self) -> RunningBatch:
+        """A continuous batch on this engine (``RunningBatch``), as lockstep's scheduler uses."""
+        return RunningBatch(self)
+
     @torch.no_grad()
     def decode_many(self, calls: list["DecodeCall"]) -> list[list[Candidate]]:
         """Decode several callers' batches (different prefixes) together, one forward pass per
-        step for all their rows: cross-request batching. One call runs exactly as ``decode``;
-        several are merged into one left-padded batch (masked pads, per-row positions), which
-        needs every prefix cache to be a plain ``DynamicCache`` (else NotImplementedError).
-        Each call's ``stats``, if given, gets its own share of the cost."""
+        step for all their rows: cross-request batching. One call runs on its own prefix cache
+        (any cache kind); several go through a ``RunningBatch`` until the last row ends (a call
+        whose cache it cannot hold runs alone). Each call's ``stats``, if given, gets its own
+        share of the cost."""
+        if len(calls) > 1:
+            batch, out = RunningBatch(self), {}
+            for i, call in enumerate(calls):
+                batch.admit(i, call)
+            while len(out) < len(calls):
+                for i, reply in batch.step():
+                    if isinstance(reply, BaseException):
+                        raise reply
+                    out[i] = reply
+            return [out[i] for i in range(len(calls))]
         start = time.perf_counter()
-        groups = [_Group(call, self) for call in calls]
-        live = [g for g in groups if g.rows]
-        if live:
-            for g in live:
-                g.start()  # copy the prefix cache; the soft position runs per call
-            if len(live) == 1:
-                cache, mask, positions = live[0].cache, None, None
-            else:
-                cache, mask, positions = _merge_left_padded([g.cache for g in live],
-                                                            [g.rows_n for g in live])
-            # room for the longest call's tokens, allocated once (see _PreallocatedLayer)
-            _PreallocatedLayer.install(cache, max(g.call.max_new_tokens for g in live))
-            logits = torch.cat([g.first_logits for g in live])
-            active = [(g, r) for g in live for r in range(g.rows_n)]
+        g = _Group(calls[0], self)
+        if g.rows:
+            g.start()  # copy the prefix cache; the soft position runs here
+            cache = g.cache
+            # room for the call's tokens, allocated once (see _PreallocatedLayer)
+            _PreallocatedLayer.install(cache, g.call.max_new_tokens)
+            logits, active = g.first_logits, [(g, r) for r in range(g.rows_n)]
             while True:
-                chosen = self._choose_rows(logits, active)
+                chosen = _choose_rows(logits, active)
                 logprobs = torch.log_softmax(logits, dim=-1)
-                still: list[int] = []
-                for pos, (g, r) in enumerate(active):
-                    if g.step(r, int(chosen[pos]), logprobs[pos]):
-                        still.append(pos)
+                still = [pos for pos, (_, r) in enumerate(active)
+                         if g.step(r, int(chosen[pos]), logprobs[pos])]
                 if not still:
                     break
                 if len(still) < len(active):  # drop finished rows: they cost no more compute
-                    keep = torch.tensor(still, device=self.device)
-                    cache.batch_select_indices(keep)
+                    cache.batch_select_indices(torch.tensor(still, device=self.device))
                     chosen = chosen[still]
                     active = [active[p] for p in still]
-                    if mask is not None:
-                        mask, positions = mask[keep], positions[keep]
-                inputs = {"input_ids": chosen.view(-1, 1).to(self.device)}
-                if mask is not None:
-                    mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-                    inputs.update(attention_mask=mask, position_ids=positions.view(-1, 1))
-                    positions = positions + 1
-                logits, cache = self._forward(cache, **inputs)
-                for g in {g for g, _ in active}:  # every call that took part in this pass
-                    g.forward_passes += 1
+                logits, cache = self._forward(cache, input_ids=chosen.view(-1, 1).to(self.device))
+                g.forward_passes += 1
         elapsed = time.perf_counter() - start
         self.stats.decode_s += elapsed
-        for g in groups:
-            g.account(elapsed)
-        return [g.finish() for g in groups]
-
-    def _choose_rows(self, logits: torch.Tensor, active: list[tuple["_Group", int]]) -> torch.Tensor:
-        """Next token of every active row; a sampling call draws from its own generator over
-        its own rows only, so its draws do not depend on who else is in the batch."""
-        chosen = logits.argmax(dim=-1).cpu()
-        spans: dict[_Group, list[int]] = {}
-        for pos, (g, _) in enumerate(active):
-            if g.call.sample:
-                spans.setdefault(g, []).append(pos)
-        for g, rows in spans.items():
-            c = g.call
-            chosen[rows] = self._choose(logits[rows], True, c.temperature, c.top_p, g.generator)
-        return chosen
+        g.account(elapsed)
+        return [g.finish()]
 
     @staticmethod
     def _choose(

@@ -3,15 +3,18 @@
 A search is plain sequential code that calls ``engine.prefill`` and ``engine.decode``. To batch
 across requests without rewriting every search as a state machine, each search runs in its own
 thread against an ``EngineView``, but only one thread runs at a time (a baton passed by
-semaphores): a search runs until it asks the engine for a decode, then parks. When every live
-search is parked, the scheduler runs all their decodes as one ``DecodingEngine.decode_many``
-batch, hands each search its own rows, and wakes them one by one in slot order. A finished
-search frees its slot for the next request. Because exactly one thread runs at any moment, no
-other code needs locks (tokenizers, BO and the model are never used concurrently), and the
-schedule, hence every result, is a deterministic function of the request order and the number
-of slots.
+semaphores): a search runs until it asks the engine for a decode, then parks. The scheduler
+admits every parked call into the engine's running batch (``engine.open_batch()``) and steps
+it; a call whose rows have all ended is handed back to its search at once, which runs on to its
+next decode (admitted at the next step) while the other calls keep decoding: continuous
+batching, so no search waits for another's longest row. An engine without a running batch
+(vLLM, which batches in its own scheduler) gets ``WholeBatch``: all parked calls decoded
+together to the end. A finished search frees its slot for the next request. Because exactly one
+thread runs at any moment, no other code needs locks (tokenizers, BO and the model are never
+used concurrently), and the schedule, hence every result, is a deterministic function of the
+request order and the number of slots.
 
-If a merged batch raises, its calls are retried one at a time, so one bad request gets its own
+If a batched pass raises, its calls are retried one at a time, so one bad request gets its own
 exception (and falls back) while the others continue.
 """
 
@@ -113,6 +116,8 @@ def run_lockstep(
         raise ValueError(f"slots must be >= 1, got {slots}")
     pending = iter(enumerate(searches))
     live: list[_Worker | None] = [None] * slots
+    batch = open_batch(engine)
+    queued: set[_Worker] = set()
 
     def refill(slot: int) -> None:
         # start searches in this slot until one parks (a search may finish without decoding)
@@ -131,16 +136,43 @@ def run_lockstep(
     for slot in range(slots):
         refill(slot)
     while any(live):
-        workers = [w for w in live if w is not None]
-        replies = dict(zip(workers, _decode_all(engine, [w.call for w in workers])))
-        for slot, worker in enumerate(live):
-            if worker is None:
-                continue
-            worker.reply = replies[worker]
+        for worker in live:  # slot order: the schedule is a function of the request order
+            if worker is not None and worker not in queued:
+                batch.admit(worker, worker.call)
+                queued.add(worker)
+        for worker, reply in batch.step():
+            queued.discard(worker)
+            worker.reply = reply
             worker.step()
             if worker.finished:
+                slot = live.index(worker)
                 _retire(worker, on_done)
                 refill(slot)
+
+
+def open_batch(engine: DecodingEngine) -> Any:
+    """The engine's continuous batch (``engine.open_batch()``: calls join and leave at every
+    step), or, for an engine without one (vLLM, whose own scheduler batches), ``WholeBatch``."""
+    opener = getattr(engine, "open_batch", None)
+    return opener() if opener is not None else WholeBatch(engine)
+
+
+class WholeBatch:
+    """The admit/step interface over ``decode_many``: a step decodes every admitted call
+    together to the end and hands them all back."""
+
+    def __init__(self, engine: DecodingEngine) -> None:
+        self.engine = engine
+        self.calls: list[tuple[Any, DecodeCall]] = []
+
+    def admit(self, key: Any, call: DecodeCall) -> None:
+        self.calls.append((key, call))
+
+    def step(self) -> list[tuple[Any, list[Candidate] | BaseException]]:
+        calls, self.calls = self.calls, []
+        if not calls:
+            return []
+        return list(zip([k for k, _ in calls], _decode_all(self.engine, [c for _, c in calls])))
 
 
 def _decode_all(engine: DecodingEngine, calls: list[DecodeCall]) -> list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -304,9 +306,9 @@ def test_decode_many_uses_one_forward_per_step_and_splits_cost(engine, prompt_id
     before = engine.stats.copy()
     out = engine.decode_many(calls)
     used = engine.stats.since(before)
-    # soft positions run per call (2 passes), then one pass per step for everyone: the longest
-    # row (12 tokens) needs 11 more passes
-    assert used.forward_passes == 2 + 11
+    # one pass per step for everyone, the soft positions taken in the first one beside the plain
+    # rows' first tokens: the longest row (12 tokens) needs 11 passes
+    assert used.forward_passes == 11
     assert used.generated_tokens == sum(len(c.token_ids) for g in out for c in g)
     for call, group in zip(calls, out):
         assert call.stats.generated_tokens == sum(len(c.token_ids) for c in group)
@@ -315,16 +317,76 @@ def test_decode_many_uses_one_forward_per_step_and_splits_cost(engine, prompt_id
     assert calls[4].stats.forward_passes == 0
 
 
-def test_decode_many_refuses_caches_it_cannot_merge(engine, prompt_ids):
-    from lm_eval_softreason.engine import DecodeCall
+def test_a_call_whose_cache_the_running_batch_cannot_hold_runs_alone(engine, prompt_ids):
+    from transformers.cache_utils import DynamicLayer
+
+    from lm_eval_softreason.engine import DecodeCall, Prefix
+
+    class OtherLayer(DynamicLayer):  # e.g. a sliding-window layer: not a plain DynamicLayer
+        pass
 
     prefix = engine.prefill(prompt_ids)
-    odd = type("OddCache", (), {})()
-    with pytest.raises(NotImplementedError, match="DynamicCache"):
-        from lm_eval_softreason.engine import _merge_left_padded
+    other = copy.deepcopy(prefix.cache)
+    for i, layer in enumerate(other.layers):
+        other.layers[i] = OtherLayer()
+        other.layers[i].update(layer.keys, layer.values)
+    odd = Prefix(prefix.prompt_ids, other, prefix.next_logits)
+    out = engine.decode_many([DecodeCall(prefix, None, max_new_tokens=4),
+                              DecodeCall(odd, None, max_new_tokens=4)])
+    assert out[0][0].token_ids == out[1][0].token_ids == _generate(engine, prompt_ids, 4)
+    assert all(type(layer) is OtherLayer for layer in odd.cache.layers)  # never modified
 
-        _merge_left_padded([prefix.cache, odd], [1, 1])
-    assert engine.decode_many([DecodeCall(prefix, None, max_new_tokens=2)])[0][0].token_ids
+
+def test_running_batch_calls_joining_at_any_step_decode_as_alone(engine, prompt_ids,
+                                                               monkeypatch):
+    """Calls admitted at random steps, with prefixes longer than the batch's (the buffers are
+    rebuilt and rows shifted), short budgets (columns run out: the buffers are compacted) and
+    rows ending at every step (slots refilled by the last row), give the tokens and log-probs
+    of each call decoded alone; each call comes back as soon as its own rows end."""
+    import random
+
+    from lm_eval_softreason.engine import DecodeCall
+
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    vocab = engine.model.get_input_embeddings().weight.shape[0]
+    calls = []
+    for i in range(24):
+        ids = [rng.randrange(3, vocab) for _ in range(rng.choice([2, 9, 40, 90]))]
+        prefix, kind = engine.prefill(ids), rng.choice(["plain", "soft", "sample"])
+        budget = 1 if i % 3 == 0 else rng.choice([2, 6, 30])
+        if kind == "soft":
+            soft = 0.5 * torch.randn(rng.choice([1, 3]), engine.hidden_size, generator=gen)
+            calls.append(DecodeCall(prefix, soft, max_new_tokens=budget))
+        else:
+            calls.append(DecodeCall(prefix, None, n=rng.choice([1, 2]), max_new_tokens=budget,
+                                    sample=kind == "sample", temperature=0.8, seed=i))
+    alone = [engine.decode_many([c])[0] for c in calls]
+    real_forward, shapes = engine._forward, []
+
+    def checked(cache, **inputs):  # the model builds its mask from the cache's length
+        if "attention_mask" in inputs:
+            shapes.append((cache.get_seq_length(), inputs["attention_mask"].shape[1] - 1))
+        return real_forward(cache, **inputs)
+
+    monkeypatch.setattr(engine, "_forward", checked)
+    batch, out, admitted_at, steps, nxt = engine.open_batch(), {}, {}, 0, 0
+    while len(out) < len(calls):
+        while nxt < len(calls) and rng.random() < 0.15:
+            batch.admit(nxt, calls[nxt])
+            admitted_at[nxt] = steps
+            nxt += 1
+        steps += 1
+        for i, reply in batch.step():
+            out[i] = reply
+            # back at the step its longest row ended (+1: a soft row's first pass)
+            assert steps - admitted_at[i] <= calls[i].max_new_tokens + 1
+    assert shapes and all(seen == masked for seen, masked in shapes)
+    for i, call in enumerate(calls):
+        assert [c.token_ids for c in out[i]] == [c.token_ids for c in alone[i]], i
+        for a, b in zip(out[i], alone[i]):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            assert a.stop_reason == b.stop_reason
 
 
 def test_prefill_keeps_only_the_last_logits_and_they_match_a_full_forward(engine, prompt_ids):
@@ -370,11 +432,11 @@ def test_preallocated_cache_gives_the_tokens_and_logprobs_of_torch_cat(engine, p
         swapped.append(sum(isinstance(layer, cls) for layer in cache.layers))
 
     monkeypatch.setattr(engine_module._PreallocatedLayer, "install", classmethod(spy))
-    fast = engine.decode_many(_calls(engine, prompt_ids))
+    fast = [engine.decode_many([c])[0] for c in _calls(engine, prompt_ids)]  # one call: its cache
     assert swapped and all(n == engine.model.config.num_hidden_layers for n in swapped)
     monkeypatch.setattr(engine_module._PreallocatedLayer, "install", classmethod(
         lambda cls, cache, extra: None))  # transformers' DynamicLayer: torch.cat every step
-    plain = engine.decode_many(_calls(engine, prompt_ids))
+    plain = [engine.decode_many([c])[0] for c in _calls(engine, prompt_ids)]
     for g_fast, g_plain in zip(fast, plain):
         assert [c.token_ids for c in g_fast] == [c.token_ids for c in g_plain]
         for a, b in zip(g_fast, g_plain):

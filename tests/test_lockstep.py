@@ -107,22 +107,35 @@ def test_a_failing_search_in_lockstep_falls_back_alone(peaked_dir, monkeypatch):
     _same_per_request(clean[:2] + clean[3:], out[:2] + out[3:])
 
 
-def test_a_merged_batch_that_raises_is_retried_call_by_call(peaked_dir, monkeypatch):
-    """A decode that fails only when merged (say, out of memory) costs nothing but time; a
-    decode that fails alone fails only its own request."""
+@pytest.mark.parametrize("batching", ["running", "whole"])
+def test_a_batched_pass_that_raises_is_retried_call_by_call(peaked_dir, monkeypatch, batching):
+    """A decode that fails only when batched (say, out of memory) costs nothing but time; a
+    decode that fails alone fails only its own request. ``running``: the HF engine's running
+    batch; ``whole``: the decode_many batch that engines without one (vLLM) get."""
+    from lm_eval_softreason.engine import RunningBatch
+
     lm = _lm(peaked_dir, search="greedy", batch_size=4)
     clean = lm.generate_until(_requests(), disable_tqdm=True)
-    real = lm.engine.decode_many
+    real_decode, real_advance = lm.engine.decode_many, RunningBatch._advance
 
-    def flaky(calls):
+    def flaky_decode(calls):
         if len(calls) > 1:
-            raise RuntimeError("merged batch too big")
+            raise RuntimeError("batch too big")
         if calls[0].prefix.prompt_ids == bad_ids:
             raise RuntimeError("this one is bad")
-        return real(calls)
+        return real_decode(calls)
+
+    def flaky_advance(self):
+        if len({g for g, _ in self.owner}) > 1:
+            raise RuntimeError("batch too big")
+        return real_advance(self)
 
     bad_ids = lm._encode(_requests()[3].args[0])
-    monkeypatch.setattr(lm.engine, "decode_many", flaky)
+    monkeypatch.setattr(lm.engine, "decode_many", flaky_decode)
+    if batching == "running":
+        monkeypatch.setattr(RunningBatch, "_advance", flaky_advance)
+    else:
+        monkeypatch.setattr(lockstep, "open_batch", lockstep.WholeBatch)
     out = lm.generate_until(_requests(), disable_tqdm=True)
     assert [str(x) for i, x in enumerate(out) if i != 3] == \
            [str(x) for i, x in enumerate(clean) if i != 3]
