@@ -493,7 +493,45 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return frozenset(int(e) for e in ids)
 
 
-class DecodingEngine:
+class Decoder:
+    """``decode`` as a one-call ``decode_many``: the same for every engine (HF and vLLM)."""
+
+    def decode_many(self, calls: list[DecodeCall]) -> list[list[Candidate]]:
+        raise NotImplementedError
+
+    def decode(
+        self,
+        prefix: Prefix,
+        soft_embeds: torch.Tensor | None = None,
+        *,
+        until: list[str] | None = None,
+        max_new_tokens: int = 256,
+        n: int = 1,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[Candidate]:
+        """Decode continuations of ``prefix`` in one batch.
+
+        Args:
+            prefix: from ``prefill``; its cache is copied, never modified, so it serves any
+                number of later calls.
+            soft_embeds: ``k x hidden``; row i's first input after the prompt is
+                ``soft_embeds[i]``. ``None``: plain decoding of ``n`` rows.
+            until: stop strings, matched on decoded text; the text is cut before the first.
+            max_new_tokens: cap on generated tokens per row (the soft position is not one).
+            sample: sample with ``temperature``/``top_p`` (torch generator seeded by ``seed``)
+                instead of greedy argmax.
+        Returns:
+            one Candidate per row, in row order.
+        """
+        call = DecodeCall(prefix, soft_embeds, until=until, max_new_tokens=max_new_tokens, n=n,
+                          sample=sample, temperature=temperature, top_p=top_p, seed=seed)
+        return self.decode_many([call])[0]
+
+
+class DecodingEngine(Decoder):
     """Prefill once, decode many batches; see the module docstring."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -542,38 +580,6 @@ class DecodingEngine:
         self.stats.prefill_tokens += len(prompt_ids)
         self.stats.prefill_s += time.perf_counter() - start
         return Prefix(list(prompt_ids), cache, logits[0])
-
-    @torch.no_grad()
-    def decode(
-        self,
-        prefix: Prefix,
-        soft_embeds: torch.Tensor | None = None,
-        *,
-        until: list[str] | None = None,
-        max_new_tokens: int = 256,
-        n: int = 1,
-        sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-    ) -> list[Candidate]:
-        """Decode continuations of ``prefix`` in one batch.
-
-        Args:
-            prefix: from ``prefill``; its cache is copied, never modified, so it serves any
-                number of later calls.
-            soft_embeds: ``k x hidden``; row i's first input after the prompt is
-                ``soft_embeds[i]``. ``None``: plain decoding of ``n`` rows.
-            until: stop strings, matched on decoded text; the text is cut before the first.
-            max_new_tokens: cap on generated tokens per row (the soft position is not one).
-            sample: sample with ``temperature``/``top_p`` (torch generator seeded by ``seed``)
-                instead of greedy argmax.
-        Returns:
-            one Candidate per row, in row order.
-        """
-        call = DecodeCall(prefix, soft_embeds, until=until, max_new_tokens=max_new_tokens, n=n,
-                          sample=sample, temperature=temperature, top_p=top_p, seed=seed)
-        return self.decode_many([call])[0]
 
     def open_batch(self) -> RunningBatch:
         """A continuous batch on this engine (``RunningBatch``), as lockstep's scheduler uses."""

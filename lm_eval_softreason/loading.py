@@ -9,6 +9,7 @@ cache directory (``LM_EVAL_SOFTREASON_CACHE``, default ``~/.cache/lm_eval_softre
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,14 @@ def load_model_and_tokenizer(
         torch.set_num_threads(cfg.threads if cfg.threads != "auto" else available_cpus())
         if resolve_cpu_linear(cfg.cpu_linear, device, dtype) == "onednn":
             prepack_linears(model)
+    return model, with_pad_token(tokenizer), name
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer``, given its EOS as the pad token if it has none (lm-eval pads batches)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, name
+    return tokenizer
 
 
 def dequantized_directory(directory: str, gguf_file: str, trust_remote_code: bool = False) -> Path:
@@ -201,10 +207,18 @@ def dequantized_directory(directory: str, gguf_file: str, trust_remote_code: boo
     plain.load_state_dict(model.state_dict(), assign=True)
     plain.tie_weights()
     plain.generation_config = model.generation_config
-    partial = target.with_name(target.name + ".partial")  # never a half-written directory
+    # written under a name of this process's own, then renamed: never a half-written target,
+    # and a leftover of a killed run or a concurrent conversion is never written into
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished first
     return target
 
 
@@ -217,9 +231,8 @@ def load_vllm(cfg: SoftReasonConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     if gguf_file:
         source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = with_pad_token(
+        AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code))
     engine = load_vllm_engine(cfg, source, dtype, tokenizer)
     return engine.model, tokenizer, name, engine
 

@@ -25,7 +25,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, Pr
                           PreTrainedTokenizerBase)
 
 from .config import SoftReasonConfig
-from .engine import Candidate, DecodeCall, EngineStats, Prefix, candidate_text, eos_token_ids
+from .engine import (Candidate, DecodeCall, Decoder, EngineStats, Prefix, candidate_text,
+                     eos_token_ids)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class VLLMPrefix(Prefix):
         return self.token
 
 
-class VLLMEngine:
+class VLLMEngine(Decoder):
     """``Engine`` protocol on a ``vllm.LLM``; see the module docstring."""
 
     def __init__(self, llm: Any, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
@@ -77,15 +78,6 @@ class VLLMEngine:
         self.stats.prefill_s += time.perf_counter() - start
         return VLLMPrefix(list(prompt_ids), None, torch.empty(0),
                           token=int(out.outputs[0].token_ids[0]), embeds=embeds)
-
-    def decode(self, prefix: Prefix, soft_embeds: torch.Tensor | None = None, *,
-               until: list[str] | None = None, max_new_tokens: int = 256, n: int = 1,
-               sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int = 0) -> list[Candidate]:
-        """As ``DecodingEngine.decode``."""
-        call = DecodeCall(prefix, soft_embeds, until=until, max_new_tokens=max_new_tokens, n=n,
-                          sample=sample, temperature=temperature, top_p=top_p, seed=seed)
-        return self.decode_many([call])[0]
 
     def decode_many(self, calls: list[DecodeCall]) -> list[list[Candidate]]:
         """Every call's rows as vLLM requests in one ``generate``; each call's ``stats`` gets

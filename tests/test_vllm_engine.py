@@ -183,3 +183,45 @@ def test_a_multi_process_launch_is_refused_on_vllm(monkeypatch, model_dir):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         SoftReasonLM(pretrained=str(model_dir), backend="vllm")
+
+
+def test_dequantized_directory_ignores_leftovers_and_yields_to_a_concurrent_writer(
+        model_dir, tmp_path, monkeypatch):
+    """The float32 directory made from a GGUF for vLLM: a killed run's half-written directory
+    is never written into, and a conversion that lost a race returns the winner's directory."""
+    import os
+    from pathlib import Path
+
+    from lm_eval_softreason import loading
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stand-in")
+    monkeypatch.setenv("LM_EVAL_SOFTREASON_CACHE", str(tmp_path / "cache"))
+    # transformers reads the stand-in GGUF as the tiny model (a real GGUF load is slow)
+    tiny_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tiny_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: tiny_model)
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: tiny_tokenizer)
+    stat = gguf.stat()
+    target = tmp_path / "cache" / "dequantized" / f"m-{stat.st_size}-{int(stat.st_mtime)}"
+    leftover = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    leftover.mkdir(parents=True)
+    (leftover / "junk.bin").write_bytes(b"half written")
+    made = loading.dequantized_directory(str(tmp_path), "m.gguf")
+    assert made == target and (made / "config.json").is_file()
+    assert not (made / "junk.bin").exists() and not leftover.exists()
+
+    import shutil
+
+    shutil.rmtree(target)
+    real_rename = Path.rename
+
+    def lose_the_race(self, dest):
+        shutil.copytree(self, dest)  # the other process renamed its copy first
+        return real_rename(self, dest)  # -> OSError: the target exists and is not empty
+
+    monkeypatch.setattr(Path, "rename", lose_the_race)
+    assert loading.dequantized_directory(str(tmp_path), "m.gguf") == target
+    assert (target / "config.json").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # partial removed
