@@ -34,14 +34,13 @@ def child(args: argparse.Namespace) -> None:
 
     import lm_eval_softreason
     from lm_eval_softreason import _hook
-    from lm_eval_softreason.bench.runner import default_data_dir
     from lm_eval_softreason.lm import SoftReasonLM
 
     _hook.install()
     load_args = json.loads(args.load_args)
     lm = SoftReasonLM(**load_args, batch_size=args.slots)
     tm = TaskManager(include_defaults=False, include_path=[_hook.tasks_dir()],
-                     metadata={"data_dir": default_data_dir()})
+                     metadata={"data_dir": args.data_dir})
     docs = list(range(args.first, args.first + args.problems))
     start = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=["svamp_dev"], samples={"svamp_dev": docs},
@@ -62,11 +61,18 @@ def run_side(args: argparse.Namespace, load_args: dict, pythonpath: str | None) 
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    from lm_eval_softreason.bench.runner import default_data_dir
+
+    # this checkout's data dir: the other checkout's default (next to it) is not there
     cmd = [sys.executable, __file__, "--child", "--load-args", json.dumps(load_args),
+           "--data-dir", str(Path(default_data_dir()).resolve()),
            "--slots", str(args.slots), "--first", str(args.first),
            "--problems", str(args.problems)]
     out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    if out.returncode:
+        raise SystemExit(f"the {'before' if pythonpath else 'after'} run failed:\n"
+                         + out.stderr[-3000:])
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
     side = json.loads(line[len("RESULT "):])
     tokens = sum(p["gen_tokens"] for p in side["problems"])
@@ -87,6 +93,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/batching_ab")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--load-args", help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
