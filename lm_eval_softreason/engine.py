@@ -254,9 +254,9 @@ class _SlotLayer(DynamicLayer):
 class RunningBatch:
     """Continuous batching for the HF engine: calls join and leave one running batch at any step.
 
-    ``decode_many`` runs a set of calls until the last of their rows ends, so a caller whose rows
-    end early waits for the longest row of everyone's; here a finished call is handed back at
-    once (``step`` returns it) and the caller's next call joins the running rows (``admit``).
+    Decoding a set of calls together to the end makes a caller whose rows end early wait for the
+    longest row of everyone's; here a finished call is handed back at once (``step`` returns
+    it) and the caller's next call joins the running rows (``admit``).
     Every step is one forward pass over all live rows. A soft row's first input is its soft
     vector, taken in the same pass as the other rows' tokens; a plain row starts from its
     prefix's logits. Rows live in slots of fixed KV buffers (``_SlotLayer``): a row that ends is
