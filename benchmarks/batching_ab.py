@@ -53,7 +53,10 @@ def child(args: argparse.Namespace) -> None:
         problems.append({"doc_id": s["doc_id"], "answer": stats["answer"], "acc": s["acc"],
                          "gen_tokens": stats["gen_tokens"], "rounds": stats["rounds"],
                          "forward_passes": stats["forward_passes"]})
-    print("RESULT " + json.dumps({"package": lm_eval_softreason.__file__, "wall_s": wall,
+    # which checkout was imported, named relative to this script's repo (no machine paths)
+    imported = Path(lm_eval_softreason.__file__).resolve().parents[1]
+    checkout = "this checkout" if imported == REPO else "the --before worktree"
+    print("RESULT " + json.dumps({"checkout": checkout, "wall_s": wall,
                                   "problems": problems, "engine": lm.engine.stats.__dict__}))
 
 
@@ -75,6 +78,9 @@ def run_side(args: argparse.Namespace, load_args: dict, pythonpath: str | None) 
                          + out.stderr[-3000:])
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
     side = json.loads(line[len("RESULT "):])
+    expected = "the --before worktree" if pythonpath else "this checkout"
+    if side["checkout"] != expected:
+        raise SystemExit(f"the run imported {side['checkout']}, expected {expected}")
     tokens = sum(p["gen_tokens"] for p in side["problems"])
     side.update(s_per_problem=side["wall_s"] / args.problems, gen_tok_s=tokens / side["wall_s"])
     return side
