@@ -43,7 +43,7 @@ NOT_IN_FINGERPRINT = {
 # Keys added after results were recorded, with the value every earlier run implicitly had. At
 # that value a key is left out of the fingerprint and of a cell's settings, so earlier caches
 # and cells stay valid; any other value is hashed like every output-changing key.
-ADDED_LATER = {"backend": "hf"}
+ADDED_LATER = {"backend": "hf", "verifier_force_answer": False}
 
 # The defaults a preset decides (model_args preset=...); a key given explicitly wins.
 # v1: the package's first defaults (every cell committed before issue 18 ran with them).
@@ -51,12 +51,12 @@ ADDED_LATER = {"backend": "hf"}
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {"sigma": 1.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 2,
            "stop_threshold": 0.01, "select": "vote", "verifier": "attempts", "rescore": False,
-           "min_spread": 0.0, "stop_unanimous": False},
+           "min_spread": 0.0, "stop_unanimous": False, "verifier_force_answer": False},
     # sigma 8 embedding-RMS: the most distinct answers per round with every candidate parsable
     # on Qwen svamp_dev (results/dev/perturbation_*.md); absolute units are not model-robust
     "v2": {"sigma": 8.0, "sigma_scale": "embedding_rms", "base": "token", "min_rounds": 1,
            "stop_threshold": 0.01, "select": "vote", "verifier": "grouped", "rescore": True,
-           "min_spread": 0.05, "stop_unanimous": True},
+           "min_spread": 0.05, "stop_unanimous": True, "verifier_force_answer": False},
 }
 DEFAULT_PRESET = "v2"
 
@@ -114,6 +114,8 @@ class SoftReasonConfig:
     answer_type: str = "auto"
     question_field: str = "question"
     verifier_max_gen_toks: int = 300
+    # a verifier reply without an answer line is continued with "Answer:" (search/verifier.py)
+    verifier_force_answer: bool | None = None
     max_gen_toks: int = 300  # default when the task's gen_kwargs give none
     # --- self-consistency (search=sc) and sampling ----------------------------------------
     n: int = 10

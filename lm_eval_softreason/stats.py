@@ -25,6 +25,7 @@ class RequestStats:
     candidate_answers: list[Any] = field(default_factory=list)
     verifier_answers: list[Any] = field(default_factory=list)
     verdict_rounds: list[int] = field(default_factory=list)  # round of each verifier answer
+    forced_verdicts: int = 0  # verifier answers read from a forced "Answer:" line
     rewards: list[float] = field(default_factory=list)
     distinct_answers_per_round: list[int] = field(default_factory=list)
     answer: Any = None

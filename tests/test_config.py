@@ -80,11 +80,16 @@ def test_config_imports_nothing_heavy():
 
 def test_a_key_added_later_keeps_earlier_fingerprints_at_its_original_value():
     """backend was added after caches and cells were recorded: at hf (what they all ran on) it
-    is not hashed, so they stay valid; at vllm it is."""
+    is not hashed, so they stay valid; at vllm it is. So for every key added later."""
     from lm_eval_softreason.config import ADDED_LATER
 
     hf = SoftReasonConfig.from_model_args(backend="hf")
-    assert ADDED_LATER == {"backend": "hf"}
+    assert ADDED_LATER == {"backend": "hf", "verifier_force_answer": False}
+    other = {"backend": "vllm", "verifier_force_answer": True}
+    for key, original in ADDED_LATER.items():
+        assert key not in SoftReasonConfig.from_model_args(**{key: original}).output_settings()
+        assert SoftReasonConfig.from_model_args(**{key: other[key]}).output_settings()[key] \
+            == other[key]
     assert "backend" not in hf.output_settings()
     assert SoftReasonConfig.from_model_args(backend="vllm").output_settings()["backend"] == "vllm"
     assert hf.fingerprint() != SoftReasonConfig.from_model_args(backend="vllm").fingerprint()

@@ -11,7 +11,7 @@ import torch
 
 from lm_eval_softreason.config import SoftReasonConfig
 from lm_eval_softreason.engine import Candidate, EngineStats
-from lm_eval_softreason.search import baselines, softreason
+from lm_eval_softreason.search import baselines, softreason, verifier
 from lm_eval_softreason.search.problem import Problem
 
 HIDDEN = 16
@@ -242,6 +242,65 @@ def test_grouped_verifier_reads_only_its_final_answer_line(reply, verdict):
     engine = FakeEngine(verdict=reply, answer_fn=_alternating())
     out = softreason.search(_cfg(max_rounds=1, min_rounds=1), engine, _problem())
     assert out.stats.verifier_answers == [verdict]
+
+
+class ForcingEngine(FakeEngine):
+    """The verifier's analysis stops without an answer line; continued after "Answer:" (the
+    prompt ends in the encoded FORCE_SUFFIX) it states ``forced``."""
+
+    def __init__(self, analysis="2 + 5 is 7, so candidate B is", forced=" 7", **kw):
+        super().__init__(verdict=analysis + "\n", **kw)
+        self.analysis, self.forced = analysis, forced
+        self.tokenizer.encode = lambda text, add_special_tokens=False: [ord(c) for c in text]
+        self.forced_calls: list[tuple[list[int], list[str], int]] = []
+
+    def decode(self, prefix, soft, *, until=None, max_new_tokens=16, n=1, **kw):
+        ids = prefix.prompt_ids
+        if soft is None and ids[-len(verifier.FORCE_SUFFIX):] == [ord(c) for c in
+                                                                   verifier.FORCE_SUFFIX]:
+            self.forced_calls.append((ids, list(until), max_new_tokens))
+            return [Candidate(self.forced, [5, 6], [0.0, 0.0], "until")]
+        return super().decode(prefix, soft, until=until, max_new_tokens=max_new_tokens, n=n, **kw)
+
+
+def test_a_verdict_without_an_answer_line_is_forced_only_when_asked():
+    cfg = _cfg(max_rounds=1, min_rounds=1)
+    plain = ForcingEngine(answer_fn=_alternating())
+    out = softreason.search(cfg, plain, _problem())
+    assert out.stats.verifier_answers == [None] and plain.forced_calls == []
+    assert out.stats.forced_verdicts == 0
+
+    engine = ForcingEngine(answer_fn=_alternating())
+    out = softreason.search(replace(cfg, verifier_force_answer=True), engine, _problem())
+    assert out.stats.verifier_answers == [7.0] and out.stats.forced_verdicts == 1
+    [(ids, until, cap)] = engine.forced_calls
+    # the verifier prompt, then the reply's text (trailing space cut) and "\nAnswer:"
+    body = [ord(c) for c in engine.analysis + verifier.FORCE_SUFFIX]
+    assert ids == [9] * 5 + body
+    assert until[0] == "\n" and cap == verifier.FORCE_MAX_TOKENS
+    # cost: both decodes' tokens and both prefills are counted
+    assert out.stats.verifier_tokens == 2 + 2
+    assert out.stats.prompt_tokens == 3 + 5 + len(ids)
+    assert out.trace["verifier"] == [engine.analysis + verifier.FORCE_SUFFIX + " 7"]
+
+
+def test_forcing_leaves_a_verdict_with_an_answer_line_alone():
+    engine = ForcingEngine(answer_fn=_alternating())
+    engine.verdict = "Checked.\nAnswer: 1"
+    out = softreason.search(_cfg(max_rounds=1, min_rounds=1, verifier_force_answer=True),
+                            engine, _problem())
+    assert out.stats.verifier_answers == [1.0] and engine.forced_calls == []
+    assert out.stats.forced_verdicts == 0
+
+
+def test_force_answer_is_off_in_v1_and_v2_and_out_of_their_fingerprints():
+    for preset in ("v1", "v2"):
+        cfg = SoftReasonConfig.from_model_args(preset=preset)
+        assert cfg.verifier_force_answer is False
+        assert "verifier_force_answer" not in cfg.output_settings()
+    on = SoftReasonConfig.from_model_args(verifier_force_answer="true")
+    assert on.verifier_force_answer is True and on.output_settings()["verifier_force_answer"]
+    assert on.fingerprint() != SoftReasonConfig.from_model_args().fingerprint()
 
 
 def test_rescored_rewards_follow_the_latest_verdict_across_rounds():

@@ -19,7 +19,7 @@ from ..engine import Candidate, DecodingEngine, Prefix
 from ..stats import RequestStats
 from .loop import RoundOutcome, run_loop
 from .problem import Problem, SearchOutcome
-from .verifier import grouped_verification_prompt, verification_prompt
+from .verifier import ask, grouped_verification_prompt, verification_prompt
 
 
 def projection(seed: int, d: int, hidden: int) -> torch.Tensor:
@@ -154,19 +154,16 @@ class _Search:
             prompt = verification_prompt(self.problem.question, attempts, self.analyses)
             parse = extract_answer
         start = time.perf_counter()
-        ids = self.problem.render(prompt)
-        prefilled = self.engine.stats.prefill_tokens
-        [reply] = self.engine.decode(
-            self.engine.prefill(ids), None, until=self.problem.until,
-            max_new_tokens=self.cfg.verifier_max_gen_toks,
-        )
-        self.stats.prompt_tokens += self.engine.stats.prefill_tokens - prefilled
+        verdict = ask(self.engine, self.problem, prompt,
+                      max_new_tokens=self.cfg.verifier_max_gen_toks, parse=parse,
+                      force_answer=self.cfg.verifier_force_answer)
+        self.stats.prompt_tokens += verdict.prompt_tokens
         self.stats.verify_s += time.perf_counter() - start
-        self.stats.verifier_tokens += len(reply.token_ids)
-        answer = parse(reply.text, answer_type)
-        self.analyses.append(reply.text)
-        self.verifier_answers.append(answer)
-        return answer, len(reply.token_ids)
+        self.stats.verifier_tokens += verdict.tokens
+        self.stats.forced_verdicts += verdict.forced
+        self.analyses.append(verdict.text)
+        self.verifier_answers.append(verdict.answer)
+        return verdict.answer, verdict.tokens
 
     def choose(self) -> str:
         """The final answer by ``cfg.select`` over everything seen; the text to return."""

@@ -3,7 +3,11 @@ reasonings, let it write an analysis and one final answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from ..answers import Answer, format_answer
+from .problem import Engine, Problem
 
 INSTRUCTION = (
     "Several attempts at the problem below are shown, each with its final answer. Check them "
@@ -64,3 +68,46 @@ def grouped_verification_prompt(
                   f"of {attempts} attempts. Its reasoning:", reasoning.strip(), ""]
     parts.append("Your check:")
     return "\n".join(parts)
+
+
+# Appended to a reply that gave no final answer line, to make the model state one (issue 18:
+# 15 of 40 grouped verdicts on Qwen svamp_dev had none, most cut off at the token cap).
+FORCE_SUFFIX = "\nAnswer:"
+FORCE_MAX_TOKENS = 16  # one number, word or short expression on that line
+
+
+@dataclass
+class Verdict:
+    """One verifier call: its answer (None if it gave none), its full text, and its cost."""
+
+    answer: Answer
+    text: str
+    tokens: int  # generated, the forced answer line's included
+    prompt_tokens: int  # prefilled, the forced continuation's included
+    forced: bool = False  # the answer came from the forced "Answer:" line
+
+
+def ask(engine: Engine, problem: Problem, prompt: str, *, max_new_tokens: int,
+        parse: Callable[[str, str], Answer], force_answer: bool = False) -> Verdict:
+    """Decode the verifier's reply to ``prompt`` (a user-turn text) and parse its answer.
+
+    With ``force_answer``, a reply that ``parse`` finds no answer in is continued with
+    ``FORCE_SUFFIX`` and at most ``FORCE_MAX_TOKENS`` tokens, up to the end of that line, and
+    parsed again: a cut-off or unformatted analysis still yields the model's own verdict."""
+    ids = problem.render(prompt)
+    prefilled = engine.stats.prefill_tokens
+    [reply] = engine.decode(engine.prefill(ids), None, until=problem.until,
+                            max_new_tokens=max_new_tokens)
+    text, tokens = reply.text, len(reply.token_ids)
+    answer = parse(text, problem.answer_type)
+    forced = False
+    if answer is None and force_answer:
+        # re-encode the reply's text: its ids may end in an end-of-turn token
+        body = text.rstrip() + FORCE_SUFFIX
+        more = engine.tokenizer.encode(body, add_special_tokens=False)
+        [tail] = engine.decode(engine.prefill(ids + more), None,
+                               until=["\n", *problem.until], max_new_tokens=FORCE_MAX_TOKENS)
+        text, tokens = body + tail.text, tokens + len(tail.token_ids)
+        answer = parse(text, problem.answer_type)
+        forced = answer is not None
+    return Verdict(answer, text, tokens, engine.stats.prefill_tokens - prefilled, forced)
