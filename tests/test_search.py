@@ -280,6 +280,10 @@ def test_a_verdict_without_an_answer_line_is_forced_only_when_asked():
     assert until[0] == "\n" and cap == verifier.FORCE_MAX_TOKENS
     # cost: both decodes' tokens and both prefills are counted
     assert out.stats.verifier_tokens == 2 + 2
+    direct = verifier.ask(ForcingEngine(), _problem(), "check", max_new_tokens=9,
+                          parse=lambda text, kind: None if "Answer:" not in text else 7.0,
+                          force_answer=True)
+    assert (direct.answer, direct.forced, direct.tokens, direct.forced_tokens) == (7.0, True, 4, 2)
     assert out.stats.prompt_tokens == 3 + 5 + len(ids)
     assert out.trace["verifier"] == [engine.analysis + verifier.FORCE_SUFFIX + " 7"]
 

@@ -85,6 +85,7 @@ class Verdict:
     tokens: int  # generated, the forced answer line's included
     prompt_tokens: int  # prefilled, the forced continuation's included
     forced: bool = False  # the answer came from the forced "Answer:" line
+    forced_tokens: int = 0  # of ``tokens``, the forced continuation's
 
 
 def ask(engine: Engine, problem: Problem, prompt: str, *, max_new_tokens: int,
@@ -100,14 +101,16 @@ def ask(engine: Engine, problem: Problem, prompt: str, *, max_new_tokens: int,
                             max_new_tokens=max_new_tokens)
     text, tokens = reply.text, len(reply.token_ids)
     answer = parse(text, problem.answer_type)
-    forced = False
+    forced, forced_tokens = False, 0
     if answer is None and force_answer:
         # re-encode the reply's text: its ids may end in an end-of-turn token
         body = text.rstrip() + FORCE_SUFFIX
         more = engine.tokenizer.encode(body, add_special_tokens=False)
         [tail] = engine.decode(engine.prefill(ids + more), None,
                                until=["\n", *problem.until], max_new_tokens=FORCE_MAX_TOKENS)
-        text, tokens = body + tail.text, tokens + len(tail.token_ids)
+        forced_tokens = len(tail.token_ids)
+        text, tokens = body + tail.text, tokens + forced_tokens
         answer = parse(text, problem.answer_type)
         forced = answer is not None
-    return Verdict(answer, text, tokens, engine.stats.prefill_tokens - prefilled, forced)
+    return Verdict(answer, text, tokens, engine.stats.prefill_tokens - prefilled, forced,
+                   forced_tokens)

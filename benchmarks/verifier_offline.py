@@ -1,0 +1,197 @@
+"""Verifier variants on fixed candidates: is any self-verifier better than the plain vote?
+
+    python benchmarks/verifier_offline.py --bench-model qwen2.5-coder-1.5b --task svamp_dev \\
+        --trace TRACE.jsonl --gold results/qwen2.5-coder-1.5b/svamp_dev/greedy.samples.jsonl \\
+        [--prompts grouped attempts] [--slots 10] [--out results/dev/verifier_offline_...md]
+
+A whole search per verifier idea costs hours here; the verifier's question ("which answer is
+right?") needs only the candidates. This reads a softreason-family trace (``trace_dir``: every
+candidate's text, answer and coherence), takes each request's **round-1 candidates** (the same
+for every preset that shares the perturbation: the x's come from the request seed), keeps the
+requests where they do not all agree (the only ones v2 verifies), and asks the model, for each
+prompt kind, exactly what ``search=softreason`` would ask after round 1:
+
+* ``grouped`` (v2): one reasoning per distinct answer, with how many attempts reached it;
+* ``attempts`` (v1's prompt): the de-duplicated attempts, numbered.
+
+Each call runs with ``verifier_force_answer`` (``search/verifier.py``), so one decode gives two
+rows per prompt: the strict verdict (the reply's own ``Answer:`` line, None otherwise) and the
+forced one. Per row: right, unparsable, and the paired split against the plain majority of
+the same candidates (exact McNemar p). Calls run in lockstep (``--slots`` at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from lm_eval_softreason.answers import (answers_match, final_line_answer, group_answers,
+                                        majority_answer, parse_gold)
+from lm_eval_softreason.bench import provenance
+from lm_eval_softreason.bench.report import exact_mcnemar
+from lm_eval_softreason.bench.runner import default_data_dir, model_spec
+from lm_eval_softreason.search.verifier import (ask, grouped_verification_prompt,
+                                                verification_prompt)
+
+PROMPTS = ("grouped", "attempts")
+
+
+def round_one(trace: dict) -> list[dict]:
+    return [c for c in trace["candidates"] if c["round"] == 1]
+
+
+def verifier_prompt(kind: str, question: str, cands: list[dict], answer_type: str) -> str:
+    """The prompt ``softreason._Search._verify`` builds after round 1 for this kind."""
+    if kind == "grouped":
+        groups = group_answers([c["answer"] for c in cands], answer_type)
+        shown = [(max((cands[i] for i in g), key=lambda c: c["coherence"]), len(g))
+                 for g in sorted(groups, key=len, reverse=True)]
+        return grouped_verification_prompt(question, [(c["text"], c["answer"], n)
+                                                      for c, n in shown], len(cands))
+    seen, attempts = set(), []
+    for c in cands:
+        if c["answer"] is not None and c["text"] not in seen:
+            seen.add(c["text"])
+            attempts.append((c["text"], c["answer"]))
+    return verification_prompt(question, attempts, [])
+
+
+def summarise(calls: list[dict], kinds: list[str]) -> str:
+    n = len({c["doc_id"] for c in calls})
+    lines = ["| verdict | calls | right | unparsable | vs the plain majority of the same "
+             "candidates: right only with verdict / only with majority (p) | gen tokens / call |",
+             "|---|---:|---:|---:|---:|---:|"]
+    majority = {c["doc_id"]: c["majority_right"] for c in calls}
+    lines.append(f"| plain majority of round 1 | {n} | "
+                 f"{statistics.fmean(majority.values()):.3f} | – | – | 0 |")
+    for kind in kinds:
+        rows = [c for c in calls if c["prompt"] == kind]
+        for label, key in ((kind, "strict"), (f"{kind} + forced answer", "forced")):
+            right = [r[f"{key}_right"] for r in rows]
+            none = sum(r[f"{key}_answer"] is None for r in rows)
+            v_only = sum(a and not r["majority_right"] for a, r in zip(right, rows))
+            m_only = sum(r["majority_right"] and not a for a, r in zip(right, rows))
+            tokens = statistics.fmean(r["tokens"] if key == "forced" else r["strict_tokens"]
+                                      for r in rows)
+            lines.append(f"| {label} | {len(rows)} | {statistics.fmean(right):.3f} | {none} | "
+                         f"+{v_only} / −{m_only} (p={exact_mcnemar(v_only, m_only):.2g}) | "
+                         f"{tokens:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    model = ap.add_mutually_exclusive_group()
+    model.add_argument("--bench-model")
+    model.add_argument("--pretrained")
+    ap.add_argument("--model-args", default="", help="extra softreason model_args (dtype=...)")
+    ap.add_argument("--task", default="svamp_dev", choices=("svamp_dev", "gsm8k_dev"))
+    ap.add_argument("--trace", type=Path, required=True, nargs="+")
+    ap.add_argument("--gold", type=Path, required=True,
+                    help="any cell's samples file of the task (doc_id -> target)")
+    ap.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS)
+    ap.add_argument("--slots", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.slots < 1:
+        ap.error(f"--slots must be >= 1, got {args.slots}")
+
+    traces = {}
+    for path in args.trace:
+        for line in path.open():
+            t = json.loads(line)
+            if t.get("task") == args.task and t.get("candidates"):
+                traces.setdefault(t["doc_id"], t)  # a rerun's duplicate: the first is kept
+    gold = {r["doc_id"]: parse_gold(r["target"])
+            for r in map(json.loads, args.gold.open()) if r.get("target") is not None}
+    split = {d: t for d, t in traces.items() if d in gold and len(
+        group_answers([c["answer"] for c in round_one(t)], "numeric")) > 1}
+    if not split:
+        raise SystemExit("no traced request with a split round 1 and a known gold answer")
+    by_question = {t["question"]: t for t in split.values()}
+
+    import lm_eval
+    from lm_eval.utils import simple_parse_args_string
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_softreason import _hook
+    from lm_eval_softreason.lm import SoftReasonLM
+    from lm_eval_softreason.lockstep import run_lockstep
+
+    spec = model_spec(args.pretrained, args.bench_model)
+    lm = SoftReasonLM(**{**spec.load_args, **simple_parse_args_string(args.model_args)})
+    calls: list[dict] = []
+    started = time.perf_counter()
+
+    def generate_until(requests, disable_tqdm=False):
+        jobs = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            problem = lm._problem(context, dict(gen_kwargs), request).problem
+            # by question: with `samples`, lm-eval's request.doc_id need not be the doc's index
+            trace = by_question.get(problem.question)
+            if trace is None:
+                continue
+            cands = round_one(trace)
+            for kind in args.prompts:
+                jobs.append((trace["doc_id"], kind, problem,
+                             verifier_prompt(kind, trace["question"], cands, problem.answer_type),
+                             cands))
+
+        def search(job):
+            doc_id, kind, problem, prompt, cands = job
+
+            def fn(engine):
+                return ask(engine, problem, prompt, max_new_tokens=lm.cfg.verifier_max_gen_toks,
+                           parse=final_line_answer, force_answer=True)
+            return fn
+
+        def on_done(i, verdict, stats):
+            doc_id, kind, problem, _, cands = jobs[i]
+            g = gold[doc_id]
+            majority = majority_answer([c["answer"] for c in cands], problem.answer_type)
+            strict = None if verdict.forced else verdict.answer
+            calls.append({
+                "doc_id": doc_id, "prompt": kind, "gold": g,
+                "candidates": [c["answer"] for c in cands], "majority": majority,
+                "majority_right": answers_match(majority, g),
+                "strict_answer": strict, "strict_right": answers_match(strict, g),
+                "forced_answer": verdict.answer, "forced_right": answers_match(verdict.answer, g),
+                "forced": verdict.forced, "tokens": verdict.tokens,
+                "strict_tokens": verdict.tokens - verdict.forced_tokens,
+                "prompt_tokens": verdict.prompt_tokens, "text": verdict.text})
+            print(f"doc {doc_id} {kind}: verdict {verdict.answer} (forced {verdict.forced}), "
+                  f"majority {majority}, gold {g}", flush=True)
+
+        print(f"{len(requests)} requests, {len(jobs)} verifier calls", flush=True)
+        run_lockstep(lm.engine, [search(j) for j in jobs], args.slots, on_done)
+        return [""] * len(requests)
+
+    lm.generate_until = generate_until
+    _hook.install()
+    metadata = {"data_dir": default_data_dir()} if default_data_dir() else {}
+    tm = TaskManager(include_defaults=False, include_path=[_hook.tasks_dir()], metadata=metadata)
+    lm_eval.simple_evaluate(model=lm, tasks=[args.task], samples={args.task: sorted(split)},
+                            apply_chat_template=True, task_manager=tm, log_samples=False,
+                            bootstrap_iters=0)
+    wall = time.perf_counter() - started
+    calls.sort(key=lambda c: (c["doc_id"], c["prompt"]))
+    device = provenance.device_info(lm.engine.device)
+    out = args.out or Path(f"results/dev/verifier_offline_{spec.label}_{args.task}.md")
+    header = (f"# Verifier variants on fixed round-1 candidates: {spec.label}, {args.task}\n\n"
+              f"{len(split)} requests whose round-1 candidates disagree (doc ids "
+              f"{', '.join(map(str, sorted(split)))}), from {len(traces)} traced; dtype "
+              f"{lm.model.dtype}; {device['cpu']} ({device['cpu_class']}); {wall:.0f} s.\n")
+    report = header + "\n" + summarise(calls, args.prompts) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(c, default=str) + "\n"
+                                                 for c in calls))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
