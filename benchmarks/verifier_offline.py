@@ -17,14 +17,19 @@ prompt kind, exactly what ``search=softreason`` would ask after round 1:
 Each call runs with ``verifier_force_answer`` (``search/verifier.py``), so one decode gives two
 rows per prompt: the strict verdict (the reply's own ``Answer:`` line, None otherwise) and the
 forced one. Per row: right, unparsable, and the paired split against the plain majority of
-the same candidates (exact McNemar p). Calls run in lockstep (``--slots`` at once).
+the same candidates (exact McNemar p). Calls run in lockstep (``--slots`` at once). Traces
+may be gzipped. Every call (prompt kind, verdicts, text) goes to ``--out`` with ``.jsonl``;
+``--summarise-only`` re-renders the table from that file without a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -62,11 +67,11 @@ def verifier_prompt(kind: str, question: str, cands: list[dict], answer_type: st
 def summarise(calls: list[dict], kinds: list[str]) -> str:
     n = len({c["doc_id"] for c in calls})
     lines = ["| verdict | calls | right | unparsable | vs the plain majority of the same "
-             "candidates: right only with verdict / only with majority (p) | gen tokens / call |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "candidates: right only with verdict / only with majority (p) | gen tokens / call | "
+             "prompt tokens / call (forcing included) |", "|---|---:|---:|---:|---:|---:|---:|"]
     majority = {c["doc_id"]: c["majority_right"] for c in calls}
     lines.append(f"| plain majority of round 1 | {n} | "
-                 f"{statistics.fmean(majority.values()):.3f} | – | – | 0 |")
+                 f"{statistics.fmean(majority.values()):.3f} | – | – | 0 | 0 |")
     for kind in kinds:
         rows = [c for c in calls if c["prompt"] == kind]
         for label, key in ((kind, "strict"), (f"{kind} + forced answer", "forced")):
@@ -76,10 +81,23 @@ def summarise(calls: list[dict], kinds: list[str]) -> str:
             m_only = sum(r["majority_right"] and not a for a, r in zip(right, rows))
             tokens = statistics.fmean(r["tokens"] if key == "forced" else r["strict_tokens"]
                                       for r in rows)
+            # every prefill of the call, the forced continuation's included
+            prompt = statistics.fmean(r["prompt_tokens"] for r in rows)
             lines.append(f"| {label} | {len(rows)} | {statistics.fmean(right):.3f} | {none} | "
                          f"+{v_only} / −{m_only} (p={exact_mcnemar(v_only, m_only):.2g}) | "
-                         f"{tokens:.0f} |")
+                         f"{tokens:.0f} | {prompt:,.0f} |")
     return "\n".join(lines)
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+
+
+def _header(label: str, task: str, split: list[int], traced: int, detail: str) -> str:
+    return (f"# Verifier variants on fixed round-1 candidates: {label}, {task}\n\n"
+            f"{len(split)} requests whose round-1 candidates disagree (doc ids "
+            f"{', '.join(map(str, split))}), from {traced} traced; {detail}\n\n"
+            f"`python benchmarks/verifier_offline.py {shlex.join(sys.argv[1:])}`\n")
 
 
 def main() -> None:
@@ -95,13 +113,15 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS)
     ap.add_argument("--slots", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="re-render --out from its .jsonl of calls; no model")
     args = ap.parse_args()
     if args.slots < 1:
         ap.error(f"--slots must be >= 1, got {args.slots}")
 
     traces = {}
     for path in args.trace:
-        for line in path.open():
+        for line in _open(path):
             t = json.loads(line)
             if t.get("task") == args.task and t.get("candidates"):
                 traces.setdefault(t["doc_id"], t)  # a rerun's duplicate: the first is kept
@@ -112,6 +132,17 @@ def main() -> None:
     if not split:
         raise SystemExit("no traced request with a split round 1 and a known gold answer")
     by_question = {t["question"]: t for t in split.values()}
+    if args.summarise_only:
+        if args.out is None:
+            ap.error("--summarise-only needs --out (its .jsonl holds the calls)")
+        calls = [json.loads(line) for line in args.out.with_suffix(".jsonl").open()]
+        label = args.bench_model or args.pretrained or "smollm2-135m"
+        report = (_header(label, args.task, sorted(split), len(traces),
+                          "re-rendered from the recorded calls.") + "\n"
+                  + summarise(calls, args.prompts) + "\n")
+        args.out.write_text(report)
+        print(report)
+        return
 
     import lm_eval
     from lm_eval.utils import simple_parse_args_string
@@ -181,10 +212,9 @@ def main() -> None:
     calls.sort(key=lambda c: (c["doc_id"], c["prompt"]))
     device = provenance.device_info(lm.engine.device)
     out = args.out or Path(f"results/dev/verifier_offline_{spec.label}_{args.task}.md")
-    header = (f"# Verifier variants on fixed round-1 candidates: {spec.label}, {args.task}\n\n"
-              f"{len(split)} requests whose round-1 candidates disagree (doc ids "
-              f"{', '.join(map(str, sorted(split)))}), from {len(traces)} traced; dtype "
-              f"{lm.model.dtype}; {device['cpu']} ({device['cpu_class']}); {wall:.0f} s.\n")
+    header = _header(spec.label, args.task, sorted(split), len(traces),
+                     f"dtype {lm.model.dtype}; {device['cpu']} ({device['cpu_class']}); "
+                     f"{wall:.0f} s.")
     report = header + "\n" + summarise(calls, args.prompts) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
