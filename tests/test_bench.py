@@ -166,6 +166,41 @@ def test_cell_with_other_settings_is_refused_not_mixed(tiny_model_dir, tmp_path)
         run_b.run_cell(METHODS["softreason"], "svamp", 3)
 
 
+def test_a_baseline_cell_recorded_under_another_preset_resumes(tiny_model_dir, data_dir,
+                                                               tmp_path, generate_calls):
+    """A greedy cell recorded while its settings still carried Soft Reasoning keys (preset v2,
+    sigma...) differs only in keys greedy never reads: it resumes, keeps its records, and
+    says which hashes it accepted; a change greedy does read is still refused."""
+    argv = [*_argv(tiny_model_dir("llama"), tmp_path, data_dir, "greedy"), "--no-request-cache"]
+    argv[argv.index("--limit") + 1] = "1"
+    assert cli.main(argv) == 0
+    paths = records.cell_paths(tmp_path, "tiny", "svamp", "greedy")
+    cell = records.read_cell(paths.json)
+    assert "preset" not in cell["settings"]["model_args"]
+    # rewrite it as the code before search-aware settings recorded it
+    old = json.loads(json.dumps(cell["settings"]))
+    old["model_args"].update({"preset": "v2", "sigma": 8.0, "w_verifier": 1.0, "n": 10})
+    old_hash = common.settings_hash(old)
+    [record] = records.read_samples(paths)
+    paths.samples.write_text(json.dumps({**record, "settings_hash": old_hash}) + "\n")
+    records.write_cell(paths, {**cell, "settings": old, "settings_hash": old_hash})
+
+    generate_calls.clear()
+    argv[argv.index("--limit") + 1] = "2"
+    assert cli.main(argv) == 0
+    assert len(generate_calls) == 1  # only the new problem
+    cell = records.read_cell(paths.json)
+    assert cell["n_done"] == 2 and cell["equivalent_settings_hashes"] == [old_hash]
+    assert records.read_samples(paths)[0]["settings_hash"] == old_hash
+    argv[argv.index("--limit") + 1] = "3"
+    assert cli.main(argv) == 0  # and again: the accepted hash is remembered
+    assert records.read_cell(paths.json)["n_done"] == 3
+    # a key greedy reads (top_p, for a task that samples) is a real difference
+    other = list(argv)
+    other[other.index("--model-args") + 1] += ",top_p=0.5"
+    assert cli.main(other) == 1
+
+
 def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp_path):
     spec = runner.model_spec(pretrained=str(tiny_model_dir("llama")))
     opts = runner.Options(results_dir=tmp_path, model_args={"batch_size": 4, "device": "cpu"})
@@ -240,8 +275,11 @@ def test_every_method_is_a_valid_configuration_that_does_what_its_name_says():
         cfg = SoftReasonConfig.from_model_args(**method.model_args)  # raises if invalid
         if name.startswith("sc@"):
             assert (cfg.search, cfg.n) == ("sc", int(name.removeprefix("sc@")))
-        if name.startswith("sr-"):  # ablations of the full method: one change each
-            assert cfg.search == "softreason" and len(method.model_args) == 1
+        if name.startswith("sr-"):  # ablations of a preset's full method: one change each
+            changes = {k: v for k, v in method.model_args.items() if k != "preset"}
+            assert cfg.search == "softreason" and len(changes) == 1
+        if name.startswith("softreason-"):
+            assert method.model_args == {"preset": name.removeprefix("softreason-")}
 
 
 def test_plans_run_the_hf_backend_first_and_every_cell_once():

@@ -42,7 +42,9 @@ def test_stock_cli_runs_soft_reasoning_on_the_embedded_model(tmp_path, data_dir)
            "LM_EVAL_SOFTREASON_DATA": str(data_dir)}
     out = subprocess.run([
         "lm_eval", "--model", "softreason",
-        "--model_args", "max_rounds=2,verifier_max_gen_toks=64,trace_dir=" + str(tmp_path / "trace"),
+        # w_verifier=1: the verifier (off in the default preset v3) end to end, on a real model
+        "--model_args", "max_rounds=2,w_verifier=1,verifier_max_gen_toks=64,trace_dir="
+        + str(tmp_path / "trace"),
         "--tasks", "svamp", "--limit", "2", "--apply_chat_template",
         "--gen_kwargs", "max_gen_toks=64", "--output_path", str(tmp_path), "--log_samples",
     ], capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
@@ -54,7 +56,7 @@ def test_stock_cli_runs_soft_reasoning_on_the_embedded_model(tmp_path, data_dir)
         stats = trace["stats"]
         assert 1 <= stats["rounds"] <= 2 and stats["candidates"] == 5 * stats["rounds"]
         assert stats["stop_reason"] in ("no_improvement", "max_rounds", "unanimous")
-        if stats["stop_reason"] == "unanimous":  # preset v2: five agreeing candidates, no verdict
+        if stats["stop_reason"] == "unanimous":  # five agreeing candidates: no verdict
             assert stats["rounds"] == 1 and stats["verifier_tokens"] == 0
         else:
             assert stats["verifier_tokens"] > 0 and len(trace["verifier"]) >= 1

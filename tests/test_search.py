@@ -71,7 +71,7 @@ def _problem(**kw):
                    answer_type="numeric", render=lambda text: [9] * 5, **kw)
 
 
-def _cfg(preset="v2", **kw):
+def _cfg(preset="v2", **kw):  # v2: the tests below exercise the verifier
     return replace(SoftReasonConfig(preset=preset), **{"k": 4, "proj_dim": 6, "max_rounds": 3,
                                                        "min_rounds": 3, **kw})
 
@@ -206,16 +206,43 @@ def _alternating():
 
 
 def test_presets_fill_only_the_keys_not_given():
-    v1, v2 = SoftReasonConfig.from_model_args(preset="v1"), SoftReasonConfig.from_model_args()
+    v1 = SoftReasonConfig.from_model_args(preset="v1")
+    v2 = SoftReasonConfig.from_model_args(preset="v2")
+    v3 = SoftReasonConfig.from_model_args()
     assert (v1.verifier, v1.rescore, v1.min_rounds, v1.stop_unanimous) == (
         "attempts", False, 2, False)
     assert (v2.preset, v2.verifier, v2.rescore, v2.stop_unanimous) == ("v2", "grouped", True, True)
     assert (v1.sigma, v2.sigma, v2.sigma_scale, v2.base) == (1.0, 8.0, "embedding_rms", "token")
+    assert (v1.w_verifier, v2.w_verifier, v2.verifier_force_answer) == (1.0, 1.0, False)
+    # v3, the default: v2 without the verifier (forcing on for whoever turns it back on)
+    assert (v3.preset, v3.w_verifier, v3.verifier_force_answer) == ("v3", 0.0, True)
+    assert {k: v for k, v in v3.to_dict().items() if k not in (
+        "preset", "w_verifier", "verifier_force_answer")} == {
+        k: v for k, v in v2.to_dict().items() if k not in (
+            "preset", "w_verifier", "verifier_force_answer")}
     mixed = SoftReasonConfig.from_model_args(preset="v1", sigma="4", verifier="grouped")
     assert (mixed.sigma, mixed.verifier, mixed.rescore) == (4.0, "grouped", False)
-    assert v1.fingerprint() != v2.fingerprint() != mixed.fingerprint()
-    with pytest.raises(ValueError, match="preset='v3' is not allowed; choose one of v1, v2"):
-        SoftReasonConfig.from_model_args(preset="v3")
+    assert len({v1.fingerprint(), v2.fingerprint(), v3.fingerprint(), mixed.fingerprint()}) == 4
+    with pytest.raises(ValueError, match="preset='v9' is not allowed; choose one of v1, v2, v3"):
+        SoftReasonConfig.from_model_args(preset="v9")
+
+
+def test_the_baselines_fingerprints_ignore_soft_reasoning_keys():
+    """greedy/sc cannot read sigma, the verifier or the preset: a new default preset must not
+    invalidate their caches and cells; a key they do read still changes the fingerprint."""
+    for search, reads in (("greedy", {"top_p": 0.9}), ("sc", {"temperature": 0.7, "n": 4})):
+        base = SoftReasonConfig.from_model_args(search=search)
+        for other in ({"preset": "v1"}, {"preset": "v2"}, {"sigma": 2.0}, {"w_verifier": 1.0}):
+            assert SoftReasonConfig.from_model_args(search=search, **other).fingerprint() \
+                == base.fingerprint()
+        for key, value in reads.items():
+            assert SoftReasonConfig.from_model_args(search=search, **{key: value}).fingerprint() \
+                != base.fingerprint()
+        assert "preset" not in base.output_settings()
+    # Soft Reasoning keeps every key
+    soft = SoftReasonConfig.from_model_args()
+    assert soft.fingerprint() != SoftReasonConfig.from_model_args(preset="v2").fingerprint()
+    assert "temperature" in soft.output_settings()
 
 
 def test_grouped_verifier_shows_each_answer_once_with_its_count_and_letter_labels():
@@ -297,14 +324,15 @@ def test_forcing_leaves_a_verdict_with_an_answer_line_alone():
     assert out.stats.forced_verdicts == 0
 
 
-def test_force_answer_is_off_in_v1_and_v2_and_out_of_their_fingerprints():
+def test_force_answer_is_off_in_v1_and_v2_and_out_of_their_fingerprints_on_in_v3():
     for preset in ("v1", "v2"):
         cfg = SoftReasonConfig.from_model_args(preset=preset)
         assert cfg.verifier_force_answer is False
         assert "verifier_force_answer" not in cfg.output_settings()
-    on = SoftReasonConfig.from_model_args(verifier_force_answer="true")
+    on = SoftReasonConfig.from_model_args(preset="v2", verifier_force_answer="true")
     assert on.verifier_force_answer is True and on.output_settings()["verifier_force_answer"]
-    assert on.fingerprint() != SoftReasonConfig.from_model_args().fingerprint()
+    assert on.fingerprint() != SoftReasonConfig.from_model_args(preset="v2").fingerprint()
+    assert SoftReasonConfig.from_model_args().verifier_force_answer is True  # v3
 
 
 def test_rescored_rewards_follow_the_latest_verdict_across_rounds():

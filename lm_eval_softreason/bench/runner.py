@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import extract_answer, format_answer
-from ..config import SoftReasonConfig
+from ..config import SoftReasonConfig, relevant_settings
 from ..wheels import cache_dir
 from . import bench_model as bench_models
 from . import methods as methods_mod
@@ -36,6 +36,23 @@ _HF_KEYS = ("dtype", "device", "trust_remote_code", "max_length")
 
 
 # ------------------------------------------------------------------------------- the model
+
+
+def equivalent_hashes(previous: dict | None, cell_hash: str) -> set[str]:
+    """The settings hashes a recorded cell's records may carry and still count as this run's
+    (``cell_hash``): the cell's own and its recorded equivalents, when its recorded settings,
+    less the keys their search never reads (``config.relevant_settings``: a baseline recorded
+    before those keys were dropped, or under another default preset), hash to ``cell_hash``.
+    Empty when the settings really differ."""
+    if not previous or not previous.get("settings"):
+        return set()
+    old = dict(previous["settings"])
+    if isinstance(old.get("model_args"), dict):
+        old["model_args"] = relevant_settings(old["model_args"])
+    if settings_hash(old) != cell_hash and previous.get("settings_hash") != cell_hash:
+        return set()
+    return {h for h in (previous.get("settings_hash"),
+                        *previous.get("equivalent_settings_hashes", ())) if h}
 
 
 @dataclass
@@ -238,6 +255,20 @@ class Runner:
                 "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
                 "apply_chat_template": self.opts.apply_chat_template}
 
+    def settings_state(self, method: Method, task: str) -> str:
+        """Whether a recorded cell would resume under this run's settings, in words."""
+        paths = records.cell_paths(self.opts.results_dir, self.spec.label, task, method.name)
+        if not paths.json.exists():
+            return "new"
+        previous = records.read_cell(paths.json)
+        settings = self.settings(method, task)
+        cell_hash = settings_hash(settings)
+        if previous.get("settings_hash") == cell_hash:
+            return "same settings"
+        if equivalent_hashes(previous, cell_hash):
+            return "equivalent settings (they differ only in keys this search never reads)"
+        return f"OTHER SETTINGS, would not resume ({settings_diff(previous, settings)})"
+
     # --- one cell -----------------------------------------------------------------------------
     def run_cell(self, method: Method, task: str, limit: int, progress: bool = True) -> dict:
         """Run the first ``limit`` problems of (task, method), skipping recorded ones; returns
@@ -247,8 +278,9 @@ class Runner:
         cell_hash = settings_hash(settings)
         previous = records.read_cell(paths.json) if paths.json.exists() else None
         done = records.prepare_for_append(paths)
-        stale = [r for r in done if r.get("settings_hash") != cell_hash]
-        if stale or (previous and previous.get("settings_hash") != cell_hash):
+        accepted = {cell_hash, *equivalent_hashes(previous, cell_hash)}
+        stale = [r for r in done if r.get("settings_hash") not in accepted]
+        if stale or (previous and previous.get("settings_hash") not in accepted):
             raise RuntimeError(
                 f"{paths.samples.parent / method.name}.*: recorded with other settings than "
                 f"this run's ({settings_diff(previous, settings)}). Move those files away "
@@ -383,6 +415,10 @@ class Runner:
             "n_done": len(in_target), "metrics": records.aggregate(in_target),
             "model_identity": self.spec.identity, "model_args": model_args,
             "settings": settings, "settings_hash": settings_hash,
+            # hashes of earlier settings that differ only in keys this search never reads;
+            # records carrying them stay valid (equivalent_hashes)
+            "equivalent_settings_hashes": sorted(equivalent_hashes(previous, settings_hash)
+                                                 - {settings_hash}),
             "eval": {"apply_chat_template": self.opts.apply_chat_template,
                      "num_fewshot": self.opts.num_fewshot, "gen_kwargs": self.opts.gen_kwargs,
                      "data_dir": self.opts.data_dir, "chunk": self.opts.chunk,
@@ -481,13 +517,14 @@ def run(argv: list[str], command: str | None = None) -> int:
         request_cache=None if args.no_request_cache else Path(
             args.request_cache or cache_dir() / "requests"),
     )
+    runner = Runner(spec, opts)
     if args.list:
         for m, task, limit in cells:
             paths = records.cell_paths(opts.results_dir, spec.label, task, m.name)
             done = len(records.read_samples(paths))
-            print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded")
+            print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded; "
+                  f"{runner.settings_state(m, task)}")
         return 0
-    runner = Runner(spec, opts)
     runner.check_table_dtype()
     records.add_planned(opts.results_dir, spec.label, [(m.name, t, n) for m, t, n in cells])
     from tqdm import tqdm
