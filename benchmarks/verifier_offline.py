@@ -89,6 +89,34 @@ def summarise(calls: list[dict], kinds: list[str]) -> str:
     return "\n".join(lines)
 
 
+def coherence_auc(traces: dict, gold: dict) -> tuple[float | None, int]:
+    """How well the coherence reward ranks a request's right candidates above its wrong ones:
+    the probability that a random (right, wrong) pair of one request is ordered right-first
+    (ties half), over every such pair of every traced request; 0.5 is no signal."""
+    wins = pairs = 0.0
+    for doc_id, trace in traces.items():
+        if doc_id not in gold:
+            continue
+        right = [c["coherence"] for c in trace["candidates"]
+                 if answers_match(c["answer"], gold[doc_id])]
+        wrong = [c["coherence"] for c in trace["candidates"]
+                 if not answers_match(c["answer"], gold[doc_id])]
+        for a in right:
+            for b in wrong:
+                pairs += 1
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+    return (wins / pairs if pairs else None), int(pairs)
+
+
+def _coherence_line(traces: dict, gold: dict) -> str:
+    auc, pairs = coherence_auc(traces, gold)
+    if auc is None:
+        return "Coherence as a signal: no request has both right and wrong candidates.\n"
+    return (f"Coherence as a signal (all rounds of all {len(traces)} traced requests): a right "
+            f"candidate out-ranks a wrong one of the same request with probability {auc:.2f} "
+            f"({pairs} pairs; 0.5 = no signal).\n")
+
+
 def _open(path: Path):
     return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
 
@@ -139,7 +167,7 @@ def main() -> None:
         label = args.bench_model or args.pretrained or "smollm2-135m"
         report = (_header(label, args.task, sorted(split), len(traces),
                           "re-rendered from the recorded calls.") + "\n"
-                  + summarise(calls, args.prompts) + "\n")
+                  + summarise(calls, args.prompts) + "\n\n" + _coherence_line(traces, gold))
         args.out.write_text(report)
         print(report)
         return
@@ -215,7 +243,8 @@ def main() -> None:
     header = _header(spec.label, args.task, sorted(split), len(traces),
                      f"dtype {lm.model.dtype}; {device['cpu']} ({device['cpu_class']}); "
                      f"{wall:.0f} s.")
-    report = header + "\n" + summarise(calls, args.prompts) + "\n"
+    report = (header + "\n" + summarise(calls, args.prompts) + "\n\n"
+              + _coherence_line(traces, gold))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     out.with_suffix(".jsonl").write_text("".join(json.dumps(c, default=str) + "\n"
