@@ -87,7 +87,9 @@ def test_a_soft_vector_without_perturbation_reproduces_greedy(vllm_lm):
 
 def test_softreason_runs_end_to_end_through_the_stock_cli(tmp_path):
     stdout, samples = _cli(
-        tmp_path, f"backend=vllm,{MEMORY},max_rounds=2,verifier_max_gen_toks=64", "svamp", 2,
+        # w_verifier=1: the verifier (off in the default preset v3) and its forced answers too
+        tmp_path, f"backend=vllm,{MEMORY},max_rounds=2,w_verifier=1,verifier_max_gen_toks=64",
+        "svamp", 2,
         "--gen_kwargs", "max_gen_toks=64")
     assert "coverage" in stdout and "gen_tokens" in stdout
     assert len(samples) == 2
