@@ -263,6 +263,17 @@ def test_portable_rewrites_known_roots_and_nothing_else():
         "c": {"d": "/data/shared2/x", "e": "/x/data/shared/y", "f": 3, "g": None}}
 
 
+def test_a_runs_trace_dir_is_recorded_without_its_machine_path(tmp_path):
+    from lm_eval_softreason.bench.provenance import path_roots, portable
+
+    trace = tmp_path / "runs" / "trace"
+    roots = path_roots(None, str(trace))
+    assert (str(trace.resolve()), "$TRACE_DIR") in roots
+    args = f"batch_size=10,trace_dir={trace}"
+    assert portable({"command": args, "trace_dir": str(trace)}, roots) == {
+        "command": "batch_size=10,trace_dir=$TRACE_DIR", "trace_dir": "$TRACE_DIR"}
+
+
 def test_every_method_is_a_valid_configuration_that_does_what_its_name_says():
     from lm_eval_softreason.config import SoftReasonConfig
 

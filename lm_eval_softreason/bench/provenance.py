@@ -100,15 +100,19 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def path_roots(data_dir: str | None = None) -> list[tuple[str, str]]:
+def path_roots(data_dir: str | None = None,
+               trace_dir: str | None = None) -> list[tuple[str, str]]:
     """The machine-specific directories a result may mention, each with the portable name it is
-    written as: the data and cache directories by the variables that set them, a git checkout
-    of this package as ``.``, the home directory as ``~``. Most specific first."""
+    written as: the data and cache directories by the variables that set them, a run's
+    ``trace_dir`` as ``$TRACE_DIR`` (it may lie anywhere), a git checkout of this package as
+    ``.``, the home directory as ``~``. Most specific first."""
     from ..wheels import cache_dir
 
     roots = []
     if data_dir:
         roots.append((str(Path(data_dir).resolve()), "$LM_EVAL_SOFTREASON_DATA"))
+    if trace_dir:
+        roots.append((str(Path(trace_dir).resolve()), "$TRACE_DIR"))
     roots.append((str(cache_dir().resolve()), "$LM_EVAL_SOFTREASON_CACHE"))
     if (PACKAGE_ROOT / ".git").exists():  # a checkout; an installed package keeps its paths
         roots.append((str(PACKAGE_ROOT), "."))

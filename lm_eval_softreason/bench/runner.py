@@ -407,7 +407,7 @@ class Runner:
         if result is not None:
             lm_eval_part = _lm_eval_summary(result, task)
         model_args = self.cell_model_args(method)
-        roots = provenance.path_roots(self.opts.data_dir)
+        roots = provenance.path_roots(self.opts.data_dir, self.load_args.get("trace_dir"))
         return provenance.portable(records.clean_floats({
             "format": records.CELL_FORMAT, "model": self.spec.label, "task": task,
             "method": method.name, "what": method.what, "backend": method.backend,
