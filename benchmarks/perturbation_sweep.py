@@ -34,11 +34,11 @@ import torch
 
 from lm_eval_softreason.answers import answers_match, extract_answer, group_answers, majority_answer
 from lm_eval_softreason.bench import provenance
-from lm_eval_softreason.bench.runner import default_data_dir, model_spec
 from lm_eval_softreason.search.loop import round_seed
 from lm_eval_softreason.search.softreason import perturbation
 
-DEV_TASKS = ("svamp_dev", "gsm8k_dev")
+from devtask import DEV_TASKS, add_model_options, load_lm, run_requests  # benchmarks/devtask.py
+
 DEFAULT_SETTINGS = ("token:rms:1", "token:rms:4", "token:rms:16", "token:abs:1", "zero:abs:1",
                     "zero:abs:7.07")
 
@@ -149,10 +149,7 @@ def render(rows: list[dict], records: list[dict], header: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model = ap.add_mutually_exclusive_group()
-    model.add_argument("--bench-model")
-    model.add_argument("--pretrained")
-    ap.add_argument("--model-args", default="", help="extra softreason model_args (k=, dtype=)")
+    add_model_options(ap)
     ap.add_argument("--task", default="svamp_dev", choices=DEV_TASKS)
     ap.add_argument("--limit", type=int, default=30)
     ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS))
@@ -163,20 +160,12 @@ def main() -> None:
     for s in args.settings:
         parse_setting(s)
 
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import simple_parse_args_string
-
-    from lm_eval_softreason import _hook
-    from lm_eval_softreason.lm import SoftReasonLM
-
-    spec = model_spec(args.pretrained, args.bench_model)
+    spec, lm = load_lm(args)
     out = Path(args.out or f"results/dev/perturbation_{spec.label}_{args.task}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["doc_id"] for line in out.open()} if out.exists() else set()
-    lm = SoftReasonLM(**{**spec.load_args, **simple_parse_args_string(args.model_args)})
 
-    def generate_until(requests, disable_tqdm=False):
+    def generate_until(requests):
         texts = []
         for request in requests:
             if request.doc_id not in done:
@@ -187,12 +176,7 @@ def main() -> None:
             texts.append("")
         return texts
 
-    lm.generate_until = generate_until
-    _hook.install()
-    metadata = {"data_dir": default_data_dir()} if default_data_dir() else {}
-    tm = TaskManager(include_defaults=False, include_path=[_hook.tasks_dir()], metadata=metadata)
-    lm_eval.simple_evaluate(model=lm, tasks=[args.task], limit=args.limit,
-                            apply_chat_template=True, task_manager=tm, log_samples=False)
+    run_requests(lm, args.task, generate_until, limit=args.limit)
 
     records = [json.loads(line) for line in out.open()]
     records = sorted((r for r in records if r["doc_id"] < args.limit), key=lambda r: r["doc_id"])

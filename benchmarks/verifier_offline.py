@@ -37,9 +37,10 @@ from lm_eval_softreason.answers import (answers_match, final_line_answer, group_
                                         majority_answer, parse_gold)
 from lm_eval_softreason.bench import provenance
 from lm_eval_softreason.bench.report import exact_mcnemar
-from lm_eval_softreason.bench.runner import default_data_dir, model_spec
 from lm_eval_softreason.search.verifier import (ask, grouped_verification_prompt,
                                                 verification_prompt)
+
+from devtask import DEV_TASKS, add_model_options, load_lm, run_requests  # benchmarks/devtask.py
 
 PROMPTS = ("grouped", "attempts")
 
@@ -130,11 +131,8 @@ def _header(label: str, task: str, split: list[int], traced: int, detail: str) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model = ap.add_mutually_exclusive_group()
-    model.add_argument("--bench-model")
-    model.add_argument("--pretrained")
-    ap.add_argument("--model-args", default="", help="extra softreason model_args (dtype=...)")
-    ap.add_argument("--task", default="svamp_dev", choices=("svamp_dev", "gsm8k_dev"))
+    add_model_options(ap)
+    ap.add_argument("--task", default="svamp_dev", choices=DEV_TASKS)
     ap.add_argument("--trace", type=Path, required=True, nargs="+")
     ap.add_argument("--gold", type=Path, required=True,
                     help="any cell's samples file of the task (doc_id -> target)")
@@ -172,20 +170,13 @@ def main() -> None:
         print(report)
         return
 
-    import lm_eval
-    from lm_eval.utils import simple_parse_args_string
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_softreason import _hook
-    from lm_eval_softreason.lm import SoftReasonLM
     from lm_eval_softreason.lockstep import run_lockstep
 
-    spec = model_spec(args.pretrained, args.bench_model)
-    lm = SoftReasonLM(**{**spec.load_args, **simple_parse_args_string(args.model_args)})
+    spec, lm = load_lm(args)
     calls: list[dict] = []
     started = time.perf_counter()
 
-    def generate_until(requests, disable_tqdm=False):
+    def generate_until(requests):
         jobs = []
         for request in requests:
             context, gen_kwargs = request.args
@@ -229,13 +220,7 @@ def main() -> None:
         run_lockstep(lm.engine, [search(j) for j in jobs], args.slots, on_done)
         return [""] * len(requests)
 
-    lm.generate_until = generate_until
-    _hook.install()
-    metadata = {"data_dir": default_data_dir()} if default_data_dir() else {}
-    tm = TaskManager(include_defaults=False, include_path=[_hook.tasks_dir()], metadata=metadata)
-    lm_eval.simple_evaluate(model=lm, tasks=[args.task], samples={args.task: sorted(split)},
-                            apply_chat_template=True, task_manager=tm, log_samples=False,
-                            bootstrap_iters=0)
+    run_requests(lm, args.task, generate_until, samples=sorted(split))
     wall = time.perf_counter() - started
     calls.sort(key=lambda c: (c["doc_id"], c["prompt"]))
     device = provenance.device_info(lm.engine.device)
