@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -25,6 +26,11 @@ from lm_eval_softreason.bench.report import exact_mcnemar
 
 
 def load(task_dir: Path, method: str) -> dict[int, dict]:
+    """The records of cell ``method`` in ``task_dir``; ``method:DIR`` reads it from DIR instead
+    (a cell kept under another results root, e.g. a superseded preset's)."""
+    if ":" in method:
+        method, folder = method.split(":", 1)
+        task_dir = Path(folder)
     paths = records.samples_paths_for(task_dir / f"{method}.json")
     found = records.read_samples(paths)
     if not found:
@@ -36,15 +42,25 @@ def _mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):,.0f}" if values else "–"
 
 
+def label(method: str) -> str:
+    """``NAME`` or, for ``NAME:DIR``, ``NAME [results root of DIR]``."""
+    if ":" not in method:
+        return method
+    name, folder = method.split(":", 1)
+    return f"{name} [{Path(folder).parent.parent}]"
+
+
 def compare(task_dir: Path, methods: list[str]) -> str:
-    cells = {m: load(task_dir, m) for m in methods}
+    cells = {label(m): load(task_dir, m) for m in methods}
+    methods = list(cells)
     shared = sorted(set.intersection(*(set(c) for c in cells.values())))
     if not shared:
         raise SystemExit(f"the cells {', '.join(methods)} share no problem")
     lines = [f"# {task_dir.parent.name} / {task_dir.name}: {', '.join(methods)}", "",
              f"n = {len(shared)} problems recorded by every cell (doc ids {shared[0]}-"
              f"{shared[-1]}{'' if shared[-1] - shared[0] + 1 == len(shared) else ', with gaps'})",
-             "", "| method | accuracy | coverage | gen tokens / problem | of them verifier | "
+             "", f"`python benchmarks/compare_cells.py {shlex.join(sys.argv[1:])}`", "",
+             "| method | accuracy | coverage | gen tokens / problem | of them verifier | "
              "prompt tokens | rounds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, cell in cells.items():
         rs = [cell[i] for i in shared]
@@ -82,7 +98,8 @@ def compare(task_dir: Path, methods: list[str]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("task_dir", type=Path, help="results/<model>/<task>")
-    ap.add_argument("methods", nargs="+", help="cell names (method names) in that folder")
+    ap.add_argument("methods", nargs="+",
+                    help="cell names (method names) in that folder; NAME:DIR for one elsewhere")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     if len(args.methods) < 2:
