@@ -8,7 +8,11 @@ Two configurations of the same weights and dtype:
 * ``before``: ``cpu_linear=aten`` (torch's default linear: MKL sgemm, which repacks the
   weights at every call) and torch's default thread count;
 * ``after``: ``cpu_linear=onednn`` (weights prepacked once for oneDNN) and ``threads=auto``
-  (the CPUs this process may use).
+  (the CPUs this process may use);
+* ``after, concurrent``: ``after`` with ``batch_size`` = ``--problems``, so every search is in
+  flight at once and the engine batches their decodes (searches only: its decode throughput is
+  ``after``'s). A single search is a serial chain of decodes, so this is where per-problem cost,
+  as opposed to one problem's latency, can fall.
 
 For each: decode tokens/s of our engine, of ``model.generate`` and of lm-eval's ``hf`` model
 (aten always: the reference users know) at batch 1, 5 and 10 (EOS disabled, so every row
@@ -159,12 +163,14 @@ def main() -> None:
     load_args, head = report_head(args)
     default_threads = torch.get_num_threads()
     report: dict = {**head, "configs": {}}
-    for name, keys in CONFIGS.items():
+    configs = {**CONFIGS, "after, concurrent": {**CONFIGS["after"], "batch_size": args.problems}}
+    for name, keys in configs.items():
         if name == "before":  # torch's own default thread count, as before the change
             keys = {**keys, "threads": default_threads}
         lm = SoftReasonLM(**load_args, **keys)
-        entry = {"model_args": keys, "threads": torch.get_num_threads(),
-                 "throughput": _throughput(lm, args.tokens)}
+        entry = {"model_args": keys, "threads": torch.get_num_threads()}
+        if name in CONFIGS:
+            entry["throughput"] = _throughput(lm, args.tokens)
         entry["search"] = searches(lm, args.problems)
         report["configs"][name] = entry
         print(name, json.dumps(entry, default=str)[:600], flush=True)
@@ -205,6 +211,15 @@ def render(report: dict) -> str:
               f"({sa['wall_s_per_problem'] / sb['wall_s_per_problem']:.2f}x); same answer on "
               f"{same}/{len(sb['answers'])}; right {sum(sb['acc']):.0f} before, "
               f"{sum(sa['acc']):.0f} after."]
+    concurrent = report["configs"].get("after, concurrent")
+    if concurrent:  # absent from reports written before this configuration existed
+        sc = concurrent["search"]
+        same = sum(x == y for x, y in zip(sb["answers"], sc["answers"]))
+        lines += ["", f"The same {len(sc['answers'])} searches all in flight at once "
+                  f"(after, batch_size={concurrent['model_args']['batch_size']}): "
+                  f"{sc['wall_s']:.0f} s in all, {sc['wall_s_per_problem']:.0f} s per problem "
+                  f"({sc['wall_s_per_problem'] / sb['wall_s_per_problem']:.2f}x before); same "
+                  f"answer as before on {same}/{len(sc['answers'])}; right {sum(sc['acc']):.0f}."]
     return "\n".join(lines) + "\n"
 
 
