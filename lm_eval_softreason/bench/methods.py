@@ -59,6 +59,19 @@ PLANS: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {
     ],
     # issue 6, the embedded SmolLM2: the svamp-50 core five only
     "core": [(CORE, ("svamp",), 50)],
+    # issue 18, development data only: the cells its defaults are judged on
+    "dev": [
+        (("greedy", "sc@10", "softreason"), ("svamp_dev", "gsm8k_dev"), 100),
+        (("random",), ("svamp_dev",), 50),  # BO against random search
+    ],
+    # issue 21, the report splits at a size that separates methods. The equal-token rows
+    # (sc@N, a token_budget softreason) need these cells' token means first.
+    "leaderboard-v2": [
+        (("greedy", "sc@10", "softreason", "random"), ("svamp",), 300),
+        (("softreason-v1",), ("svamp",), 100),
+        (("greedy", "sc@10", "softreason", "random"), ("gsm8k_sr",), 200),
+        (("greedy", "sc@10", "softreason"), ("gsm_hard", "strategyqa"), 100),
+    ],
 }
 
 
