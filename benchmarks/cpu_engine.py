@@ -8,18 +8,18 @@ Two configurations of the same weights and dtype:
 * ``before``: ``cpu_linear=aten`` (torch's default linear: MKL sgemm, which repacks the
   weights at every call) and torch's default thread count;
 * ``after``: ``cpu_linear=onednn`` (weights prepacked once for oneDNN) and ``threads=auto``
-  (the CPUs this process may use);
-* ``after, concurrent``: ``after`` with ``batch_size`` = ``--problems``, so every search is in
-  flight at once and the engine batches their decodes (searches only: its decode throughput is
-  ``after``'s). A single search is a serial chain of decodes, so this is where per-problem cost,
-  as opposed to one problem's latency, can fall.
+  (the CPUs this process may use).
 
 For each: decode tokens/s of our engine, of ``model.generate`` and of lm-eval's ``hf`` model
 (aten always: the reference users know) at batch 1, 5 and 10 (EOS disabled, so every row
 makes ``--tokens`` tokens), and the wall time of ``--problems`` Soft Reasoning searches
 (default preset) on ``svamp_dev`` with their answers, so the two configurations' answers can
-be compared. Writes ``<out>.json`` and ``<out>.md``. Run it alone: another job on the cores
-makes every figure meaningless.
+be compared. The searches run ``--concurrent`` at a time (default: all of them, as the
+leaderboard's cells run; 1 measures one search's latency, which is a serial chain of decodes
+and several times slower to measure). Writes ``<out>.json`` and ``<out>.md``; each finished
+configuration is kept in ``<out>.partial.json`` and reused by a rerun with the same
+arguments, commit and machine. Run it alone: another job on the cores makes every figure
+meaningless.
 """
 
 from __future__ import annotations
@@ -156,23 +156,34 @@ def write_report(report: dict, out: str, render) -> None:
 def main() -> None:
     ap = model_arguments(__doc__.split("\n\n")[0], problems=8)
     ap.add_argument("--skip-hf", action="store_true", help="leave out lm-eval's hf model")
+    ap.add_argument("--concurrent", type=int, help="searches in flight at once "
+                    "(batch_size; default: --problems)")
     ap.add_argument("--out", default="results/cpu_engine")
     args = ap.parse_args()
     from lm_eval_softreason.lm import SoftReasonLM
 
     load_args, head = report_head(args)
+    head["concurrent"] = args.concurrent or args.problems
     default_threads = torch.get_num_threads()
+    partial = Path(args.out).with_suffix(".partial.json")
     report: dict = {**head, "configs": {}}
-    configs = {**CONFIGS, "after, concurrent": {**CONFIGS["after"], "batch_size": args.problems}}
-    for name, keys in configs.items():
+    if partial.exists():  # a killed run's finished configurations, if they match this run
+        kept = json.loads(partial.read_text())
+        if {k: kept.get(k) for k in head} == json.loads(json.dumps(head, default=str)):
+            report["configs"] = kept["configs"]
+    for name, keys in CONFIGS.items():
+        if name in report["configs"]:
+            print(name, "kept from", partial, flush=True)
+            continue
         if name == "before":  # torch's own default thread count, as before the change
             keys = {**keys, "threads": default_threads}
+        keys = {**keys, "batch_size": head["concurrent"]}
         lm = SoftReasonLM(**load_args, **keys)
-        entry = {"model_args": keys, "threads": torch.get_num_threads()}
-        if name in CONFIGS:
-            entry["throughput"] = _throughput(lm, args.tokens)
+        entry = {"model_args": keys, "threads": torch.get_num_threads(),
+                 "throughput": _throughput(lm, args.tokens)}
         entry["search"] = searches(lm, args.problems)
         report["configs"][name] = entry
+        partial.write_text(json.dumps(report, indent=1, default=str))
         print(name, json.dumps(entry, default=str)[:600], flush=True)
         del lm
         gc.collect()
@@ -180,6 +191,7 @@ def main() -> None:
         torch.set_num_threads(default_threads)
         report["hf"] = _hf_throughput(load_args, args.tokens)
     write_report(report, args.out, render)
+    partial.unlink(missing_ok=True)
 
 
 def render(report: dict) -> str:
@@ -205,21 +217,15 @@ def render(report: dict) -> str:
             f"{a['generate_tok_s']:.1f} | – | – |")
     sb, sa = before["search"], after["search"]
     same = sum(x == y for x, y in zip(sb["answers"], sa["answers"]))
-    lines += ["", f"Soft Reasoning, {len(sb['answers'])} svamp_dev problems (default preset): "
+    at_once = report.get("concurrent", 1)  # reports before --concurrent ran one at a time
+    lines += ["", f"Soft Reasoning, {len(sb['answers'])} svamp_dev problems (default preset, "
+              f"{at_once} at once): "
               f"{sb['wall_s_per_problem']:.0f} s per problem before, "
               f"{sa['wall_s_per_problem']:.0f} s after "
               f"({sa['wall_s_per_problem'] / sb['wall_s_per_problem']:.2f}x); same answer on "
               f"{same}/{len(sb['answers'])}; right {sum(sb['acc']):.0f} before, "
-              f"{sum(sa['acc']):.0f} after."]
-    concurrent = report["configs"].get("after, concurrent")
-    if concurrent:  # absent from reports written before this configuration existed
-        sc = concurrent["search"]
-        same = sum(x == y for x, y in zip(sb["answers"], sc["answers"]))
-        lines += ["", f"The same {len(sc['answers'])} searches all in flight at once "
-                  f"(after, batch_size={concurrent['model_args']['batch_size']}): "
-                  f"{sc['wall_s']:.0f} s in all, {sc['wall_s_per_problem']:.0f} s per problem "
-                  f"({sc['wall_s_per_problem'] / sb['wall_s_per_problem']:.2f}x before); same "
-                  f"answer as before on {same}/{len(sc['answers'])}; right {sum(sc['acc']):.0f}."]
+              f"{sum(sa['acc']):.0f} after; generated tokens {sum(sb['gen_tokens'])} before, "
+              f"{sum(sa['gen_tokens'])} after."]
     return "\n".join(lines) + "\n"
 
 
