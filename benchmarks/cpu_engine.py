@@ -224,8 +224,8 @@ def render(report: dict) -> str:
               f"{sa['wall_s_per_problem']:.0f} s after "
               f"({sa['wall_s_per_problem'] / sb['wall_s_per_problem']:.2f}x); same answer on "
               f"{same}/{len(sb['answers'])}; right {sum(sb['acc']):.0f} before, "
-              f"{sum(sa['acc']):.0f} after; generated tokens {sum(sb['gen_tokens'])} before, "
-              f"{sum(sa['gen_tokens'])} after."]
+              f"{sum(sa['acc']):.0f} after; generated tokens {sum(sb['gen_tokens']):.0f} before, "
+              f"{sum(sa['gen_tokens']):.0f} after."]
     return "\n".join(lines) + "\n"
 
 
