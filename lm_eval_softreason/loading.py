@@ -107,7 +107,7 @@ def available_cpus() -> int:
 
 def resolve_cpu_linear(cpu_linear: str, device: torch.device, dtype: torch.dtype) -> str:
     """``auto``: ``onednn`` for float32 on CPU (Qwen2.5-1.5B on a 2-core AVX2 AMD EPYC:
-    1.08x decode at batch 1, 1.59x at 5, 1.71x at 10, same answers; results/cpu_engine.md;
+    1.32x decode at batch 1, 1.85x at 5, 1.81x at 10, same answers; results/cpu_engine.md;
     the regression eval's answers unchanged: results/dev/regression_v1_onednn_check.txt),
     ``aten`` everywhere else."""
     if cpu_linear != "auto":
