@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_softreason.bench import cli, common, records, regression, report, runner
+from lm_eval_softreason.bench import cli, common, methods, records, regression, report, runner
 from lm_eval_softreason.bench.methods import METHODS, PLANS
 
 TIMING = ("generate_s", "generate_s_total", "wall_s")
@@ -304,6 +304,82 @@ def test_plans_run_the_hf_backend_first_and_every_cell_once():
     with pytest.raises(ValueError, match="unknown method 'beam'; choose from hf-greedy"):
         runner.plan_cells(runner.build_parser().parse_args(
             ["--methods", "beam", "--tasks", "svamp", "--limit", "1"]))
+
+
+def test_numbered_methods_are_the_configurations_their_names_say():
+    from lm_eval_softreason.config import SoftReasonConfig
+
+    cfg = SoftReasonConfig.from_model_args(**methods.method("sc@7").model_args)
+    assert (cfg.search, cfg.n, cfg.temperature) == ("sc", 7, 0.6)
+    assert methods.method("sc@10") is METHODS["sc@10"]  # a fixed name stays the fixed method
+    budget = methods.method("sr-budget1295")
+    assert budget.model_args == {"token_budget": 1295} and budget.backend == "softreason"
+    cfg = SoftReasonConfig.from_model_args(**budget.model_args)
+    assert (cfg.search, cfg.token_budget) == ("softreason", 1295)
+    for bad in ("sc@0", "sc@", "sc@1.5", "sr-budget", "sr-budget-3", "sc@07"):
+        with pytest.raises(ValueError, match=rf"unknown method '{bad}'.*sc@<N> / sr-budget<B>"):
+            methods.method(bad)
+
+
+def test_equal_token_methods_match_softreason_and_sc10_token_means():
+    # svamp_dev's dev cells: softreason 1,148 tokens a problem, sc@10 1,295 (129.5 a sample)
+    assert methods.equal_token_methods(1148.4, 1294.8) == ("sc@9", "sr-budget1295")
+    assert methods.equal_token_methods(100.0, 2000.0) == ("sc@1", "sr-budget2000")  # >= 1
+    assert methods.equal_token_methods(3000.0, 1000.0) == ("sc@30", "sr-budget1000")
+    with pytest.raises(ValueError, match="token means must be > 0"):
+        methods.equal_token_methods(0.0, 1000.0)
+
+
+def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path, monkeypatch):
+    monkeypatch.setitem(methods.EQUAL_TOKEN, "p", [("svamp", 4)])
+    assert runner.equal_token_cells(tmp_path, "m", "p") == ([], [
+        "m/svamp: the equal-token cells (sc@N, sr-budget<B>) wait for complete softreason "
+        "and sc@10 cells of 4 problems"])
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 0, 0], tokens=1000, n_target=4)
+    _synthetic_cell(tmp_path, "sc@10", [1, 0], tokens=900, n_target=4)  # incomplete
+    assert runner.equal_token_cells(tmp_path, "m", "p")[0] == []
+    _synthetic_cell(tmp_path, "sc@10", [1, 0, 1, 1], tokens=900, n_target=4)
+    cells, waiting = runner.equal_token_cells(tmp_path, "m", "p")
+    assert [(m.name, t, n) for m, t, n in cells] == [("sc@11", "svamp", 4),
+                                                     ("sr-budget900", "svamp", 4)]
+    assert waiting == [] and runner.equal_token_cells(tmp_path, "m", "dev") == ([], [])
+    # sc@N at N = 10 is sc@10 itself: only the budget row is new
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 0, 0], tokens=880, n_target=4)
+    assert [m.name for m, _, _ in runner.equal_token_cells(tmp_path, "m", "p")[0]] == [
+        "sr-budget900"]
+    # the report puts the rows beside their kin and pairs the budget row with sc@10
+    _synthetic_cell(tmp_path, "sc@9", [0, 0, 1, 1], tokens=800, n_target=4)
+    _synthetic_cell(tmp_path, "sr-budget900", [1, 1, 1, 0], tokens=850, n_target=4)
+    _synthetic_cell(tmp_path, "greedy", [1, 0, 0, 0], tokens=90, n_target=4)
+    text = report.render_markdown(report.load_cells(tmp_path))
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")]
+    assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr-budget900`"]
+    assert ("`sr-budget900` (`softreason` within `sc@10`'s mean generated tokens) against "
+            "`sc@10`: +1 / −1 (p=1).") in text
+
+
+def test_a_run_goes_on_to_the_equal_token_cells_its_own_cells_made_known(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(PLANS, "p", [(("sc@10", "softreason"), ("svamp",), 2)])
+    monkeypatch.setitem(methods.EQUAL_TOKEN, "p", [("svamp", 2)])
+    argv = [a for a in _argv(tiny_model_dir("llama"), tmp_path, data_dir)
+            if a not in ("--methods", "hf-greedy,greedy", "--tasks", "svamp", "--limit", "3")]
+    assert cli.main([*argv, "--plan", "p", "--list"]) == 0
+    assert "tiny/svamp: the equal-token cells (sc@N, sr-budget<B>) wait" in capsys.readouterr().out
+    assert cli.main([*argv, "--plan", "p"]) == 0
+    tokens = {name: records.read_cell(records.cell_paths(tmp_path, "tiny", "svamp", name).json)
+              ["metrics"]["gen_tokens"] for name in ("softreason", "sc@10")}
+    names = [n for n in methods.equal_token_methods(tokens["softreason"], tokens["sc@10"])
+             if n != "sc@10"]
+    for name in names:
+        cell = records.read_cell(records.cell_paths(tmp_path, "tiny", "svamp", name).json)
+        assert cell["complete"] and cell["n_done"] == 2
+        assert cell["model_args"] == {**cell["model_args"], **methods.method(name).model_args}
+    assert {(n, "svamp", 2) for n in names} <= set(records.read_planned(tmp_path)["tiny"])
+    capsys.readouterr()
+    assert cli.main([*argv, "--plan", "p", "--list"]) == 0  # now listed like any other cell
+    listed = capsys.readouterr().out
+    assert all(f"tiny/svamp/{n}: 2/2 recorded; same settings" in listed for n in names)
 
 
 def test_bench_imports_run_one_way():

@@ -7,6 +7,7 @@ Every softreason-family method shares one loaded model; only ``lm.cfg`` changes 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +65,8 @@ PLANS: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {
         (("greedy", "sc@10", "softreason"), ("svamp_dev", "gsm8k_dev"), 100),
         (("random",), ("svamp_dev",), 50),  # BO against random search
     ],
-    # issue 21, the report splits at a size that separates methods. The equal-token rows
-    # (sc@N, a token_budget softreason) need these cells' token means first.
+    # issue 21, the report splits at a size that separates methods; its equal-token rows
+    # (EQUAL_TOKEN below) join the plan once these cells' token means exist
     "leaderboard-v2": [
         (("greedy", "sc@10", "softreason", "random"), ("svamp",), 300),
         (("softreason-v1",), ("svamp",), 100),
@@ -75,8 +76,40 @@ PLANS: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {
 }
 
 
+# The equal-token rows of a plan, per (task, limit): sc@N at softreason's generated tokens and
+# softreason under a token_budget of sc@10's, both read from that task's complete cells.
+EQUAL_TOKEN: dict[str, list[tuple[str, int]]] = {
+    "leaderboard-v2": [("svamp", 300), ("gsm8k_sr", 200), ("gsm_hard", 100), ("strategyqa", 100)],
+}
+
+# Methods named by a number: sc@<N> samples, sr-budget<B> generated tokens per problem.
+PATTERNS = ("sc@<N>", "sr-budget<B>")
+
+
 def method(name: str) -> Method:
-    """The method called ``name``; ValueError naming the allowed ones otherwise."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name]
+    """The method called ``name`` (a fixed one, or ``sc@<N>`` / ``sr-budget<B>``); ValueError
+    naming the allowed ones otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    number = re.fullmatch(r"(sc@|sr-budget)([1-9][0-9]*)", name)
+    if number and number.group(1) == "sc@":
+        n = int(number.group(2))
+        return Method(name, "softreason", {"search": "sc", "n": n, "temperature": 0.6},
+                      f"self-consistency, {n} samples at T=0.6, majority vote")
+    if number:
+        budget = int(number.group(2))
+        return Method(name, "softreason", {"token_budget": budget},
+                      f"the full method under token_budget={budget} generated tokens per problem")
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, or "
+                     f"{' / '.join(PATTERNS)} with a whole number >= 1")
+
+
+def equal_token_methods(softreason_tokens: float, sc10_tokens: float) -> tuple[str, str]:
+    """(``sc@N`` whose generated tokens match ``softreason``'s per-problem mean, ``sr-budget<B>``
+    with B = ``sc@10``'s per-problem mean): the two equal-token comparisons with ``sc@10``.
+    One sc sample costs about a tenth of sc@10's tokens, so N = softreason / (sc@10 / 10)."""
+    if not (softreason_tokens > 0 and sc10_tokens > 0):
+        raise ValueError(f"token means must be > 0; got softreason {softreason_tokens!r}, "
+                         f"sc@10 {sc10_tokens!r}")
+    n = max(1, round(softreason_tokens / (sc10_tokens / 10)))
+    return f"sc@{n}", f"sr-budget{max(1, round(sc10_tokens))}"

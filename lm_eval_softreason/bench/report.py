@@ -30,9 +30,14 @@ HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candid
 REFERENCES = ("greedy", "hf-greedy")  # what "relative to greedy" divides by, first found
 
 
-def _method_order(name: str) -> tuple[int, str]:
+def _method_order(name: str) -> tuple[int, bool, str]:
+    """METHODS order; an ``sc@<N>`` row next to ``sc@10``, an ``sr-budget<B>`` row next to
+    ``softreason``, anything else last."""
     order = list(METHODS)
-    return (order.index(name) if name in order else len(order), name)
+    base = name if name in order else (
+        "sc@10" if name.startswith("sc@") else
+        "softreason" if name.startswith("sr-budget") else None)
+    return (order.index(base) if base else len(order), name != base, name)
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -195,6 +200,11 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
                           "`softreason` / right only with the other, exact McNemar p): "
                           + "; ".join(f"`{n}` {_paired_text(complete['softreason'], complete[n])}"
                                       for n in others) + ".", ""]
+        for name in sorted(complete, key=_method_order):
+            if name.startswith("sr-budget") and "sc@10" in complete:
+                lines += [f"`{name}` (`softreason` within `sc@10`'s mean generated tokens) "
+                          f"against `sc@10`: {_paired_text(complete[name], complete['sc@10'])}.",
+                          ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
 

@@ -449,13 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="softreason-bench",
         description="Run methods x tasks x --limit through lm-eval on one model, resumably. "
                     "Other subcommands: report, regression, fetch-model.")
-    p.add_argument("--methods", help=f"comma list of: {', '.join(methods_mod.METHODS)}")
+    p.add_argument("--methods", help=f"comma list of: {', '.join(methods_mod.METHODS)}, "
+                   f"{', '.join(methods_mod.PATTERNS)}")
     p.add_argument("--tasks", help="comma list of task names (svamp, gsm8k_sr, ...)")
     p.add_argument("--limit", type=int, help="first N problems of each task")
     p.add_argument("--plan", choices=sorted(methods_mod.PLANS),
                    help="a named matrix (instead of --methods/--tasks/--limit): "
                         + "; ".join(f"{k}: " + ", ".join(f"{'+'.join(m)} on {'+'.join(t)} x{n}"
                                                          for m, t, n in v)
+                        + ("" if k not in methods_mod.EQUAL_TOKEN else
+                           ", then equal-token sc@N+sr-budget<B> on " + ", ".join(
+                               f"{t} x{n}" for t, n in methods_mod.EQUAL_TOKEN[k]))
                                     for k, v in methods_mod.PLANS.items()))
     model = p.add_mutually_exclusive_group()
     model.add_argument("--pretrained", help="any path / Hub id / .gguf (default: embedded model)")
@@ -500,6 +504,27 @@ def plan_cells(args: argparse.Namespace) -> list[tuple[Method, str, int]]:
     return sorted(cells, key=lambda c: c[0].backend != "hf")  # stable within a backend
 
 
+def equal_token_cells(results_dir: Path, label: str, plan: str | None,
+                      ) -> tuple[list[tuple[Method, str, int]], list[str]]:
+    """The plan's equal-token cells (``methods.EQUAL_TOKEN``) whose token means are known, and
+    a line for each task still waiting for its complete ``softreason`` and ``sc@10`` cells."""
+    cells, waiting = [], []
+    for task, limit in methods_mod.EQUAL_TOKEN.get(plan or "", []):
+        means = {}
+        for name in ("softreason", "sc@10"):
+            path = records.cell_paths(results_dir, label, task, name).json
+            cell = records.read_cell(path) if path.exists() else {}
+            if cell.get("complete") and cell.get("n_target") == limit:
+                means[name] = cell["metrics"]["gen_tokens"]
+        if len(means) < 2:
+            waiting.append(f"{label}/{task}: the equal-token cells (sc@N, sr-budget<B>) wait "
+                           f"for complete softreason and sc@10 cells of {limit} problems")
+            continue
+        names = methods_mod.equal_token_methods(means["softreason"], means["sc@10"])
+        cells += [(methods_mod.method(n), task, limit) for n in names if n != "sc@10"]
+    return cells, waiting
+
+
 def run(argv: list[str], command: str | None = None) -> int:
     """The ``run`` subcommand; ``command`` is recorded as the exact command (default: argv)."""
     from lm_eval.utils import simple_parse_args_string as parse_args_string  # lm-eval's syntax
@@ -518,28 +543,44 @@ def run(argv: list[str], command: str | None = None) -> int:
             args.request_cache or cache_dir() / "requests"),
     )
     runner = Runner(spec, opts)
+
+    def new_equal_token_cells(known: list) -> tuple[list, list[str]]:
+        equal, waiting = equal_token_cells(opts.results_dir, spec.label, args.plan)
+        seen = {(m.name, t) for m, t, _ in known}
+        return [c for c in equal if (c[0].name, c[1]) not in seen], waiting
+
+    equal, waiting = new_equal_token_cells(cells)
+    cells += equal
     if args.list:
         for m, task, limit in cells:
             paths = records.cell_paths(opts.results_dir, spec.label, task, m.name)
             done = len(records.read_samples(paths))
             print(f"{spec.label}/{task}/{m.name}: {done}/{limit} recorded; "
                   f"{runner.settings_state(m, task)}")
+        for line in waiting:
+            print(line)
         return 0
     runner.check_table_dtype()
     records.add_planned(opts.results_dir, spec.label, [(m.name, t, n) for m, t, n in cells])
     from tqdm import tqdm
 
-    failed = []
-    for m, task, limit in tqdm(cells, desc=f"cells ({spec.label})", unit="cell"):
-        try:
-            cell = runner.run_cell(m, task, limit)
-        except RuntimeError as err:  # settings clash: say so, run the other cells
-            failed.append(f"{task}/{m.name}: {err}")
-            tqdm.write(f"softreason-bench: skipped {task}/{m.name}: {err}")
-            continue
-        acc, n = cell["metrics"]["acc"], cell["n_done"]
-        tqdm.write(f"{spec.label}/{task}/{m.name}: acc {acc:.3f} (n={n})" if acc is not None
-                   else f"{spec.label}/{task}/{m.name}: nothing recorded")
+    failed, todo, done = [], cells, []
+    while todo:  # the plan's cells, then equal-token cells their token means made known
+        for m, task, limit in tqdm(todo, desc=f"cells ({spec.label})", unit="cell"):
+            try:
+                cell = runner.run_cell(m, task, limit)
+            except RuntimeError as err:  # settings clash: say so, run the other cells
+                failed.append(f"{task}/{m.name}: {err}")
+                tqdm.write(f"softreason-bench: skipped {task}/{m.name}: {err}")
+                continue
+            acc, n = cell["metrics"]["acc"], cell["n_done"]
+            tqdm.write(f"{spec.label}/{task}/{m.name}: acc {acc:.3f} (n={n})" if acc is not None
+                       else f"{spec.label}/{task}/{m.name}: nothing recorded")
+        done += todo
+        todo, waiting = new_equal_token_cells(done)
+        records.add_planned(opts.results_dir, spec.label, [(m.name, t, n) for m, t, n in todo])
+    for line in waiting:
+        tqdm.write(line)
     return 1 if failed else 0
 
 
