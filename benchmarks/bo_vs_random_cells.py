@@ -21,6 +21,7 @@ from pathlib import Path
 from scipy import stats
 
 from compare_cells import load
+from lm_eval_softreason.bench import records
 
 
 def compare(task_dir: Path, bo: str, rnd: str, k: int = 5) -> str:
@@ -51,8 +52,8 @@ def compare(task_dir: Path, bo: str, rnd: str, k: int = 5) -> str:
     fa, fb = figures(a), figures(b)
 
     def cell(values: list[float], digits: int) -> str:
-        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-        return f"{statistics.fmean(values):.{digits}f} ± {se:.{digits}f}"
+        mean, se = records.mean_and_stderr(values)
+        return f"{mean:.{digits}f} ± " + ("–" if se is None else f"{se:.{digits}f}")
 
     def wilcoxon(x: list[float], y: list[float]) -> str:
         diffs = [u - v for u, v in zip(x, y)]
