@@ -67,18 +67,16 @@ def _time(fn, x: torch.Tensor, reps: int) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def _layer_inputs(model, tok, layer: int) -> dict[str, torch.Tensor]:
-    """The hidden states each linear of ``layer`` receives on the prompt (one row per token)."""
+def _layer_inputs(model, tok, linears: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The hidden states each of ``linears`` receives on the prompt (one row per token)."""
     seen: dict[str, torch.Tensor] = {}
-    block = model.model.layers[layer]
 
     def keep(name: str):
         def hook(module, args, output) -> None:  # returning a value would replace the output
             seen.setdefault(name, args[0][0].detach().clone())
         return hook
 
-    hooks = [module.register_forward_hook(keep(name))
-             for name, module in block.named_modules() if name.rsplit(".", 1)[-1] in NAMES]
+    hooks = [module.register_forward_hook(keep(name)) for name, module in linears.items()]
     text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
                                    add_generation_prompt=True)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -87,7 +85,7 @@ def _layer_inputs(model, tok, layer: int) -> dict[str, torch.Tensor]:
     finally:
         for hook in hooks:
             hook.remove()
-    return {name.rsplit(".", 1)[-1]: x for name, x in seen.items()}
+    return seen
 
 
 def run(pretrained: str, layer: int, reps: int) -> dict:
@@ -98,16 +96,15 @@ def run(pretrained: str, layer: int, reps: int) -> dict:
     torch.set_num_threads(available_cpus())  # as threads=auto, the CPU default
     tok = AutoTokenizer.from_pretrained(pretrained)
     model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch.float32).eval()
-    block = model.model.layers[layer]
+    linears = {name.rsplit(".", 1)[-1]: m for name, m in
+               model.model.layers[layer].named_modules() if name.rsplit(".", 1)[-1] in NAMES}
     out: dict = {"batches": {}}
     with torch.no_grad():
-        inputs = _layer_inputs(model, tok, layer)
-        linears = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules()
-                   if name.rsplit(".", 1)[-1] in NAMES}
+        inputs = _layer_inputs(model, tok, linears)
         kernels = {name: _kernels(linears[name]) for name in NAMES}
         for batch in BATCHES:
             row: dict = {}
-            for kernel in ("aten", "onednn", "int8-dynamic", "int8-weight-only"):
+            for kernel in kernels[NAMES[0]]:
                 seconds, rel_err, batch_diff = 0.0, 0.0, 0.0
                 for name in NAMES:
                     x = inputs[name][-batch:].contiguous()  # the prompt's last tokens
