@@ -58,6 +58,13 @@ class EngineView:
         return self._worker.park(DecodeCall(prefix, soft_embeds, stats=self.stats, **kwargs))
 
 
+# The shared members as class properties too: Python >= 3.12 checks a runtime Protocol with
+# inspect.getattr_static, which never calls __getattr__ (isinstance(view, Engine) was False).
+for _name in EngineView._SHARED:
+    setattr(EngineView, _name, property(lambda self, _n=_name: getattr(self._engine, _n)))
+del _name
+
+
 class _Worker(threading.Thread):
     """Runs one search; parks at each decode until the scheduler has its rows."""
 

@@ -19,6 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data next to the repository, or wherever LM_EVAL_SOFTREASON_DATA points
 DATA_DIR = Path(os.environ.get("LM_EVAL_SOFTREASON_DATA") or REPO_ROOT.parent / "shared" / "data")
 TASKS_DIR = REPO_ROOT / "tasks"
+# where the model-running tests put their models: "cpu" (CI), or e.g. "cuda" to check a GPU
+# install (LM_EVAL_SOFTREASON_TEST_DEVICE=cuda python -m pytest tests/test_engine.py ...)
+DEVICE = os.environ.get("LM_EVAL_SOFTREASON_TEST_DEVICE", "cpu")
 
 TINY_ARCHS = ("llama", "qwen2", "gpt2")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

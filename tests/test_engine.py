@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import DEVICE
 from lm_eval_softreason.engine import DecodingEngine
 
 PROMPT = "Question: Tom has 3 apples. He buys 4 more apples. How many apples does Tom have now?"
@@ -24,7 +25,7 @@ def _peaked(model_dir, seed: int = 0):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     # never emit EOS unless a test asks for it, so lengths are predictable
     model.generation_config.eos_token_id = tok.eos_token_id
-    return model, tok
+    return model.to(DEVICE), tok
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
@@ -40,7 +41,7 @@ def prompt_ids(engine):
 
 def _generate(engine, ids, n):
     out = engine.model.generate(
-        torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+        torch.tensor([ids], device=engine.device), max_new_tokens=n, do_sample=False, min_new_tokens=n,
         pad_token_id=engine.tokenizer.pad_token_id,
     )
     return out[0, len(ids):].tolist()
@@ -221,7 +222,7 @@ def test_max_new_tokens_is_honoured(engine, prompt_ids):
 def test_eos_stops_a_row_and_finished_rows_cost_nothing(tiny_model_dir):
     model, tok = _peaked(tiny_model_dir("llama"))
     # make EOS the certain next token everywhere
-    bias = torch.zeros(len(tok))
+    bias = torch.zeros(len(tok), device=DEVICE)
     bias[tok.eos_token_id] = 1e4
     model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
     engine = DecodingEngine(model, tok)
@@ -270,8 +271,8 @@ def _calls(engine, prompt_ids):
     short = engine.prefill(prompt_ids[:5])
     long = engine.prefill(prompt_ids)
     mid = engine.prefill(prompt_ids[3:12])
-    soft = engine.embed([prompt_ids[0]] * 3) + 0.5 * torch.randn(3, engine.hidden_size,
-                                                               generator=torch.Generator().manual_seed(1))
+    soft = engine.embed([prompt_ids[0]] * 3) + 0.5 * torch.randn(
+        3, engine.hidden_size, generator=torch.Generator().manual_seed(1)).to(engine.device)
     return [
         DecodeCall(long, soft, max_new_tokens=9),
         DecodeCall(short, None, max_new_tokens=12),
@@ -392,7 +393,7 @@ def test_running_batch_calls_joining_at_any_step_decode_as_alone(engine, prompt_
 def test_prefill_keeps_only_the_last_logits_and_they_match_a_full_forward(engine, prompt_ids):
     prefix = engine.prefill(prompt_ids)
     with torch.no_grad():
-        full = engine.model(torch.tensor([prompt_ids])).logits[0, -1].float()
+        full = engine.model(torch.tensor([prompt_ids], device=engine.device)).logits[0, -1].float()
     torch.testing.assert_close(prefix.next_logits, full, rtol=1e-5, atol=1e-5)
     assert engine._last_logits_only == {"logits_to_keep": 1}  # all three tiny archs take it
 
@@ -402,6 +403,7 @@ def test_onednn_prepacked_linears_decode_the_same_tokens(tiny_model_dir, arch):
     from lm_eval_softreason.loading import prepack_linears
 
     model, tok = _peaked(tiny_model_dir(arch))
+    model = model.to("cpu")  # oneDNN prepacking is a CPU path, whatever the test device
     plain = DecodingEngine(model, tok)
     ids = tok(PROMPT)["input_ids"]
     soft = plain.embed([plain.prefill(ids).greedy_token]).repeat(3, 1) + 0.5 * torch.randn(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DEVICE
 from lm_eval.api.instance import Instance
 
 from lm_eval_softreason.lm import SoftReasonLM, request_seed
@@ -24,7 +25,7 @@ QUESTIONS = [
 
 
 def _lm(model_dir, **kw):
-    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device="cpu", **kw)
+    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device=DEVICE, **kw)
 
 
 def _requests(gen_kwargs=None, questions=QUESTIONS):

@@ -7,6 +7,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from conftest import DEVICE
 from lm_eval.api.instance import Instance
 
 from lm_eval_softreason import lockstep
@@ -26,7 +27,7 @@ SEARCH_ARGS = {"k": 3, "max_rounds": 3, "min_rounds": 2, "verifier_max_gen_toks"
 
 
 def _lm(model_dir, **kw) -> SoftReasonLM:
-    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device="cpu", **kw)
+    return SoftReasonLM(pretrained=str(model_dir), dtype="float32", device=DEVICE, **kw)
 
 
 def _requests(questions=QUESTIONS, max_gen_toks: int = 10) -> list[Instance]:
@@ -144,19 +145,27 @@ def test_a_batched_pass_that_raises_is_retried_call_by_call(peaked_dir, monkeypa
 
 
 def test_batch_size_auto_and_bad_values(peaked_dir):
+    import torch
+
     lm = _lm(peaked_dir, batch_size="auto")
+    gpu = lm.engine.device.type == "cuda"
+    cap = 64 if gpu else 8
     assert lm.cfg.batch_size == "auto"
-    assert 1 <= lm.concurrency(100) <= 8  # CPU cap
+    assert 1 <= lm.concurrency(100) <= cap
     assert lm.concurrency(2) <= 2  # never more slots than requests
     assert lockstep.auto_slots(lm.engine, rows=6, positions=4096, cap=3) == 3
-    # on CPU, the free memory psutil reports: the searches' KV caches fit in half of it
+    # the free memory of the model's device (psutil on CPU, CUDA's own count on a GPU): the
+    # searches' KV caches fit in half of it
     config = lm.model.config
     per_search = 2 * 6 * 4096 * (2 * config.num_hidden_layers * config.num_key_value_heads
                                  * (config.hidden_size // config.num_attention_heads) * 4)
-    for available, slots in ((per_search, 1), (5 * per_search, 2), (10**15, 8)):
+    for available, slots in ((per_search, 1), (5 * per_search, 2), (10**15, cap)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(lockstep.psutil, "virtual_memory", lambda: SimpleNamespace(
-                available=available))
+            if gpu:
+                mp.setattr(torch.cuda, "mem_get_info", lambda device=None: (available, available))
+            else:
+                mp.setattr(lockstep.psutil, "virtual_memory", lambda: SimpleNamespace(
+                    available=available))
             assert lockstep.auto_slots(lm.engine, rows=6, positions=4096) == slots
     with pytest.raises(ValueError, match="batch_size='many' is not a valid integer"):
         SoftReasonLM(pretrained="unused", batch_size="many")
@@ -174,6 +183,10 @@ def test_engine_and_its_per_search_view_implement_the_engine_protocol(peaked_dir
     engine = _lm(peaked_dir).engine
     view = lockstep.EngineView(engine, worker=None)
     assert isinstance(engine, Engine) and isinstance(view, Engine)
+    # Python >= 3.12 checks a Protocol with inspect.getattr_static, which never calls
+    # __getattr__: every member must be found statically (this fails on 3.11 too)
+    for name in protocol_members(Engine):
+        inspect.getattr_static(view, name)
     for name in protocol_members(Engine) - {"decode", "prefill", "stats"}:
         assert getattr(view, name) == getattr(engine, name), name  # the engine's own
     assert view.stats is not engine.stats  # the search's own cost
