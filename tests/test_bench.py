@@ -201,6 +201,21 @@ def test_a_baseline_cell_recorded_under_another_preset_resumes(tiny_model_dir, d
     assert cli.main(other) == 1
 
 
+def test_a_smaller_limit_runs_only_that_many_and_the_cell_keeps_its_larger_limit(
+        tiny_model_dir, data_dir, tmp_path, generate_calls):
+    argv = [*_argv(tiny_model_dir("llama"), tmp_path, data_dir, "greedy"), "--no-request-cache"]
+    argv[argv.index("--limit") + 1] = "1"
+    assert cli.main(argv) == 0
+    paths = records.cell_paths(tmp_path, "tiny", "svamp", "greedy")
+    records.write_cell(paths, {**records.read_cell(paths.json), "limit": 3, "complete": False})
+    generate_calls.clear()
+    argv[argv.index("--limit") + 1] = "2"
+    assert cli.main(argv) == 0
+    assert len(generate_calls) == 1  # problem 1 only, not 1 and 2
+    cell = records.read_cell(paths.json)
+    assert (cell["limit"], cell["n_target"], cell["n_done"], cell["complete"]) == (3, 3, 2, False)
+
+
 def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp_path):
     spec = runner.model_spec(pretrained=str(tiny_model_dir("llama")))
     opts = runner.Options(results_dir=tmp_path, model_args={"batch_size": 4, "device": "cpu"})

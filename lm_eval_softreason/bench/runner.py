@@ -272,7 +272,8 @@ class Runner:
     # --- one cell -----------------------------------------------------------------------------
     def run_cell(self, method: Method, task: str, limit: int, progress: bool = True) -> dict:
         """Run the first ``limit`` problems of (task, method), skipping recorded ones; returns
-        the cell JSON (also written to disk)."""
+        the cell JSON (also written to disk). A cell recorded with a larger limit keeps it (and
+        stays incomplete until that many are done); this run still stops at ``limit``."""
         paths = records.cell_paths(self.opts.results_dir, self.spec.label, task, method.name)
         settings = self.settings(method, task)
         cell_hash = settings_hash(settings)
@@ -285,11 +286,12 @@ class Runner:
                 f"{paths.samples.parent / method.name}.*: recorded with other settings than "
                 f"this run's ({settings_diff(previous, settings)}). Move those files away "
                 "(or pick another --results-dir) to recompute the cell.")
+        asked = limit
         if previous and previous.get("limit", 0) > limit:
-            limit = previous["limit"]  # a cell never shrinks
+            limit = previous["limit"]  # a cell never shrinks, but this run does only what it asked
         target = list(range(min(limit, self.doc_count(task))))
         done_ids = {r["doc_id"] for r in done}
-        todo = [i for i in target if i not in done_ids]
+        todo = [i for i in target[:asked] if i not in done_ids]
         cell = self._cell_json(previous, method, task, limit, target, done, settings,
                                cell_hash, None)
         if not todo:
