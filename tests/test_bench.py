@@ -267,6 +267,25 @@ def test_resumed_cell_keeps_every_commit_that_wrote_it(tiny_model_dir, tmp_path)
     assert [g["commit"] for g in again["provenance"]["git_commits"]] == ["old", "new"]
 
 
+def test_resumed_cell_keeps_every_machine_that_wrote_it(tiny_model_dir, tmp_path, monkeypatch):
+    """A cell resumed on another CPU class lists both machines, and the report names both:
+    floats differ across instruction sets, so a mixed cell must say it is mixed."""
+    run = runner.Runner(runner.model_spec(pretrained=str(tiny_model_dir("llama"))),
+                        runner.Options(results_dir=tmp_path))
+    amd = {"device": "cpu", "cpu": "AMD EPYC", "cpu_class": "AVX2", "cpu_count": 2}
+    intel = {"device": "cpu", "cpu": "Intel Xeon", "cpu_class": "AVX512", "cpu_count": 2}
+    monkeypatch.setattr(runner.provenance, "device_info", lambda device: dict(intel))
+    settings = run.settings(METHODS["greedy"], "svamp")
+    old = {"provenance": {"device": amd}}  # written before ``devices`` existed
+    cell = run._cell_json(old, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert cell["provenance"]["devices"] == [amd, intel]
+    assert cell["provenance"]["device"] == intel  # the last run's machine, as before
+    again = run._cell_json(cell, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert again["provenance"]["devices"] == [amd, intel]
+    line = report._model_line({"greedy": again})
+    assert "cpu (AMD EPYC, AVX2, 2 cores) and cpu (Intel Xeon, AVX512, 2 cores)" in line
+
+
 def test_portable_rewrites_known_roots_and_nothing_else():
     from lm_eval_softreason.bench.provenance import portable
 
@@ -619,9 +638,14 @@ def test_regression_check_exits_1_with_a_diff(tmp_path, monkeypatch, capsys):
                         _regression_doc({(0, "prompt_tokens"): 190}))
     assert regression.main(["--check", "--file", str(path)]) == 1
     assert "doc 0: prompt_tokens: recorded 200, now 190" in capsys.readouterr().out
-    monkeypatch.setattr(regression, "run_eval",
-                        lambda spec, data_dir=None, progress=False: _regression_doc())
+    here = {"device": {"device": "cpu", "cpu": "Intel Xeon", "cpu_class": "AVX512",
+                       "cpu_count": 2}}
+    monkeypatch.setattr(regression, "run_eval", lambda spec, data_dir=None, progress=False:
+                        {**_regression_doc(), "environment": here})
     assert regression.main(["--check", "--file", str(path)]) == 0
+    # a pass names both machines: exact floats differ across CPU classes
+    assert ("recorded on ? (?, ? cores), checked on cpu (Intel Xeon, AVX512, 2 cores)"
+            in capsys.readouterr().out)
 
 
 # ------------------------------------------------------------------------------ bench model

@@ -71,6 +71,13 @@ def device_info(device: Any) -> dict[str, Any]:
     return info
 
 
+def describe_device(device: dict | None) -> str:
+    """``cpu (AMD EPYC, AVX2, 2 cores)`` from a :func:`device_info` record (``?`` for gaps)."""
+    device = device or {}
+    what = ", ".join(str(device[k]) for k in ("cpu", "cpu_class") if device.get(k)) or "?"
+    return f"{device.get('device', '?')} ({what}, {device.get('cpu_count', '?')} cores)"
+
+
 def versions() -> dict[str, str]:
     import lm_eval
     import torch

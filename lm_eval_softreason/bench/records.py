@@ -191,6 +191,12 @@ def git_commits(prov: dict) -> list[dict]:
     return [g for g in (prov.get("git_commits") or [prov.get("git")]) if g]
 
 
+def devices(prov: dict) -> list[dict]:
+    """Every machine whose run wrote a cell: a resumed cell can mix CPU classes, whose floats
+    differ (cells from before ``devices`` recorded only the last run's ``device``)."""
+    return [d for d in (prov.get("devices") or [prov.get("device")]) if d]
+
+
 PLANNED_FILE = "planned.json"
 
 

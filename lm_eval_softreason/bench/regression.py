@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import provenance
 from .common import default_data_dir, flatten, quiet_lm_eval
 
 FORMAT = 1
@@ -125,7 +126,7 @@ def run_eval(spec: dict, data_dir: str | None = None, progress: bool = False) ->
     regression document: spec, settings, environment, problems."""
     from lm_eval.utils import simple_parse_args_string
 
-    from . import provenance, records
+    from . import records
     from .methods import method
     from .runner import Options, Runner, model_spec
 
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     current = run_eval(recorded["spec"], args.data_dir, progress=True)
     diffs = compare(recorded, current, args.tolerance)
     print(format_report(diffs, args.tolerance))
+    # exact floats differ across CPU classes, so a pass says which two machines agreed
+    print(f"  {len(current['problems'])} problems; recorded on "
+          f"{provenance.describe_device(recorded.get('environment', {}).get('device'))}, checked on "
+          f"{provenance.describe_device(current.get('environment', {}).get('device'))}")
     return 1 if any(d.fatal for d in diffs) else 0
 
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import records
+from . import provenance, records
 from .methods import METHODS
 
 HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
@@ -161,14 +161,17 @@ def _model_line(cells: dict[str, dict]) -> str:
     dtypes = sorted({str((c.get("settings") or {}).get("model_args", {}).get("dtype"))
                      for c in cells.values()})
     prov = any_cell.get("provenance") or {}
-    device = prov.get("device") or {}
+    machines = []  # every machine that wrote any of these cells, in first-seen order
+    for c in cells.values():
+        for d in records.devices(c.get("provenance") or {}):
+            text = provenance.describe_device(d)
+            if text not in machines:
+                machines.append(text)
     commits = sorted({git.get("commit", "?")[:10] for c in cells.values()
                       for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
-    cpu = ", ".join(str(device[k]) for k in ("cpu", "cpu_class") if device.get(k)) or "?"
-    return (f"{what}; dtype {', '.join(dtypes)}; {device.get('device', '?')} "
-            f"({cpu}, {device.get('cpu_count', '?')} cores); "
+    return (f"{what}; dtype {', '.join(dtypes)}; {' and '.join(machines) or '?'}; "
             f"{shots}-shot, chat template {'on' if chat else 'off'}; "
             f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
             f"{prov.get('versions', {}).get('transformers', '?')}; commit {', '.join(commits)}")

@@ -397,10 +397,14 @@ class Runner:
         commits = records.git_commits(prov)  # every run that wrote this cell
         if self.git and self.git not in commits:
             commits.append(self.git)
+        device = provenance.device_info(loading.resolve_device(self.base_cfg.device))
+        machines = records.devices(prov)
+        if device not in machines:
+            machines.append(device)
         now = provenance.now_iso()
         prov.update({
             "versions": provenance.versions(), "git": self.git, "git_commits": commits,
-            "device": provenance.device_info(loading.resolve_device(self.base_cfg.device)),
+            "device": device, "devices": machines,
             "started": prov.get("started") or now, "updated": now,
             "finished": now if complete else None,
             "command": self.opts.command or prov.get("command"), "commands": commands,
