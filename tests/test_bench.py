@@ -202,7 +202,17 @@ def test_a_baseline_cell_recorded_under_another_preset_resumes(tiny_model_dir, d
 
 
 def test_a_smaller_limit_runs_only_that_many_and_the_cell_keeps_its_larger_limit(
-        tiny_model_dir, data_dir, tmp_path, generate_calls):
+        tiny_model_dir, data_dir, tmp_path, generate_calls, monkeypatch):
+    import tqdm
+
+    bars = []  # (total, initial) of each progress bar: it counts to --limit, not the cell's
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            bars.append((kwargs.get("total"), kwargs.get("initial")))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
     argv = [*_argv(tiny_model_dir("llama"), tmp_path, data_dir, "greedy"), "--no-request-cache"]
     argv[argv.index("--limit") + 1] = "1"
     assert cli.main(argv) == 0
@@ -214,6 +224,7 @@ def test_a_smaller_limit_runs_only_that_many_and_the_cell_keeps_its_larger_limit
     assert len(generate_calls) == 1  # problem 1 only, not 1 and 2
     cell = records.read_cell(paths.json)
     assert (cell["limit"], cell["n_target"], cell["n_done"], cell["complete"]) == (3, 3, 2, False)
+    assert (2, 1) in bars and (3, 1) not in bars
 
 
 def test_hf_greedy_gets_the_same_dtype_device_and_batch_size(tiny_model_dir, tmp_path):

@@ -303,7 +303,8 @@ class Runner:
         records.write_cell(paths, cell)
         from tqdm import tqdm
 
-        bar = tqdm(total=len(target), initial=len(target) - len(todo), leave=False,
+        asked_ids = target[:asked]  # the bar counts what this run was asked to reach
+        bar = tqdm(total=len(asked_ids), initial=len(asked_ids) - len(todo), leave=False,
                    desc=f"{task}/{method.name}", disable=not progress)
         for start in range(0, len(todo), max(1, self.opts.chunk)):
             chunk = todo[start:start + max(1, self.opts.chunk)]
