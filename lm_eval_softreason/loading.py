@@ -160,13 +160,9 @@ def load_model_and_tokenizer(
     cfg: SoftReasonConfig,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load the causal LM and tokenizer named by ``cfg``; returns (model, tokenizer, name)."""
-    source, gguf_file, name = resolve_source(cfg)
+    source, name = loadable_source(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    if gguf_file:
-        # dequantizing a GGUF file costs ~40 s at every start (SmolLM2-135M, 2 cores); the
-        # dequantized copy holds the very same float32 weights and loads in about a second
-        source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, trust_remote_code=cfg.trust_remote_code
@@ -177,6 +173,16 @@ def load_model_and_tokenizer(
         if resolve_cpu_linear(cfg.cpu_linear, device, dtype) == "onednn":
             prepack_linears(model)
     return model, with_pad_token(tokenizer), name
+
+
+def loadable_source(cfg: SoftReasonConfig) -> tuple[str, str]:
+    """(directory both backends load, model name). A GGUF model becomes its dequantized copy:
+    dequantizing costs ~40 s at every start (SmolLM2-135M, 2 cores), and the copy holds the
+    very same float32 weights and loads in about a second."""
+    source, gguf_file, name = resolve_source(cfg)
+    if gguf_file:
+        source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
+    return source, name
 
 
 def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -228,13 +234,11 @@ def dequantized_directory(directory: str, gguf_file: str, trust_remote_code: boo
 
 def load_vllm(cfg: SoftReasonConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, Any]:
     """(weightless model skeleton, tokenizer, name, VLLMEngine) for ``backend=vllm``. A GGUF
-    model is dequantized to a Hugging Face directory first (``dequantized_directory``)."""
+    model is dequantized to a Hugging Face directory first (``loadable_source``)."""
     from .vllm_engine import load_vllm_engine
 
-    source, gguf_file, name = resolve_source(cfg)
+    source, name = loadable_source(cfg)
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    if gguf_file:
-        source = str(dequantized_directory(source, gguf_file, cfg.trust_remote_code))
     tokenizer = with_pad_token(
         AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code))
     engine = load_vllm_engine(cfg, source, dtype, tokenizer)

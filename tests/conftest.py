@@ -165,6 +165,43 @@ def peaked_dir(tiny_model_dir, tmp_path_factory):
     return out
 
 
+MAX_WORKERS = 4  # each worker may load the embedded model (~0.5 GB) and lm-eval's task index
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per CPU this process may use (cgroup/affinity aware), capped."""
+    from lm_eval_softreason.loading import available_cpus
+
+    return max(1, min(MAX_WORKERS, available_cpus()))
+
+
+def pytest_configure(config) -> None:
+    # In an xdist worker, split the CPUs between the workers: oversubscribed intra-op threads
+    # spin against each other (10x slower decoding, see loading.available_cpus). Every lm_eval
+    # subprocess a test starts inherits the variables.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        from lm_eval_softreason.loading import available_cpus
+
+        threads = str(max(1, available_cpus() // workers))
+        os.environ["OMP_NUM_THREADS"] = threads
+        os.environ["MKL_NUM_THREADS"] = threads
+        import torch  # already loaded by loading.py, so it no longer reads the variables
+
+        torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # longest first: xdist hands tests out in collection order, so a slow test collected last
+    # would run alone on one worker while the others sit idle. Among the slow ones, a larger
+    # declared timeout (pytest.mark.timeout) means a longer test.
+    def cost(item: pytest.Item) -> tuple[bool, float]:
+        timeout = item.get_closest_marker("timeout")
+        return item.get_closest_marker("slow") is None, -(timeout.args[0] if timeout else 0)
+
+    items.sort(key=cost)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter):
     """Seconds per test file (setup + call + teardown, slowest first), after pytest's own

@@ -55,6 +55,7 @@ def _metrics(results: Path, method: str) -> dict:
     return {k: v for k, v in cell["metrics"].items() if k not in TIMING}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_recomputing_finished_problems(
         tiny_model_dir, data_dir, tmp_path, monkeypatch, generate_calls):
     model_dir = tiny_model_dir("llama")

@@ -120,6 +120,7 @@ def _assert_same_as_single(single, multi) -> None:
     assert two["config"]["softreason_world_size"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(peaked_dir, single_process, tmp_path):
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                  "--master_port", _free_port(), *_lm_eval_args(peaked_dir, tmp_path)])
@@ -127,6 +128,7 @@ def test_torchrun_two_processes_equal_one(peaked_dir, single_process, tmp_path):
     _assert_same_as_single(single_process, _results(tmp_path))
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_equal_one(peaked_dir, single_process, tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "the accelerate CLI ships with the accelerate dependency"

@@ -120,6 +120,7 @@ def test_nan_logprobs_do_not_crash_the_search(lm):
     assert len(s["rewards"]) == 4 and all(math.isnan(r) for r in s["rewards"])
 
 
+@pytest.mark.slow
 def test_all_bad_inputs_together_in_lockstep_equal_one_at_a_time(lm):
     """The same cases as one request list through 4 concurrent searches: every case still ends
     in a result, each the same as when it ran alone (lengths 0..window, empty stops, ...)."""

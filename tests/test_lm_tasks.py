@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CachingLM
 
@@ -24,6 +25,7 @@ def _cli(args, env, timeout=900):
     return out
 
 
+@pytest.mark.slow
 def test_stock_cli_softreason_on_paper_tasks_reports_accuracy_coverage_and_cost(
         tiny_model_dir, data_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -47,6 +49,7 @@ def test_stock_cli_softreason_on_paper_tasks_reports_accuracy_coverage_and_cost(
         assert len(samples) == 3 and all(set(METRICS) <= set(s) for s in samples)
 
 
+@pytest.mark.slow
 def test_builtin_gsm8k_runs_with_softreason_offline_and_reports_run_totals(
         tiny_model_dir, offline_hf_env, tmp_path):
     _cli(["--model", "softreason", "--model_args",

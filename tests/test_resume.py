@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lm_eval_softreason.cache import cache_table_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,7 @@ def _results(out: Path) -> tuple[dict, list]:
     return json.loads(results.read_text())["results"]["softreason_smoke"], rows
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_without_recomputing(peaked_dir, tmp_path):
     # the reference: one uninterrupted run
     ref = subprocess.run(_cmd(peaked_dir, tmp_path / "ref", tmp_path / "ref_cache" / "c",

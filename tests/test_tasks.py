@@ -364,6 +364,7 @@ def test_builtin_gsm8k_loads_offline_from_the_seeded_cache(offline_hf_env, tmp_p
     assert done.stdout.split()[-3:] == ["1319", "7473", "18"]
 
 
+@pytest.mark.slow
 def test_stock_cli_runs_our_tasks_with_a_tiny_hf_model(tiny_model_dir, data_dir, tmp_path):
     """`lm_eval --model hf` on svamp and strategyqa: the table, results JSON and samples
     carry acc, coverage and the cost metrics (NaN for a plain-string model)."""

@@ -291,7 +291,8 @@ class Runner:
             limit = previous["limit"]  # a cell never shrinks, but this run does only what it asked
         target = list(range(min(limit, self.doc_count(task))))
         done_ids = {r["doc_id"] for r in done}
-        todo = [i for i in target[:asked] if i not in done_ids]
+        asked_ids = target[:asked]  # what this run does; the bar counts to it too
+        todo = [i for i in asked_ids if i not in done_ids]
         cell = self._cell_json(previous, method, task, limit, target, done, settings,
                                cell_hash, None)
         if not todo:
@@ -303,7 +304,6 @@ class Runner:
         records.write_cell(paths, cell)
         from tqdm import tqdm
 
-        asked_ids = target[:asked]  # the bar counts what this run was asked to reach
         bar = tqdm(total=len(asked_ids), initial=len(asked_ids) - len(todo), leave=False,
                    desc=f"{task}/{method.name}", disable=not progress)
         for start in range(0, len(todo), max(1, self.opts.chunk)):
