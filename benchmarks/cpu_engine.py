@@ -8,7 +8,10 @@ Two configurations of the same weights and dtype:
 * ``before``: ``cpu_linear=aten`` (torch's default linear: MKL sgemm, which repacks the
   weights at every call) and torch's default thread count;
 * ``after``: ``cpu_linear=onednn`` (weights prepacked once for oneDNN) and ``threads=auto``
-  (the CPUs this process may use).
+  (the CPUs this process may use);
+* ``v1`` (with ``--with-v1``): ``before``'s engine under ``preset=v1``, the defaults when issue
+  19 was filed (verifier every round, at least two rounds). Only its searches run (its engine
+  is ``before``'s), so the report can also say what a default search costs now against then.
 
 For each: decode tokens/s of our engine, of ``model.generate`` and of lm-eval's ``hf`` model
 (aten always: the reference users know) at batch 1, 5 and 10 (EOS disabled, so every row
@@ -35,7 +38,8 @@ import torch
 from lm_eval_softreason.bench import provenance
 from lm_eval_softreason.bench.runner import default_data_dir, model_spec
 
-CONFIGS = {"before": {"cpu_linear": "aten"}, "after": {"cpu_linear": "onednn", "threads": "auto"}}
+CONFIGS = {"before": {"cpu_linear": "aten"}, "after": {"cpu_linear": "onednn", "threads": "auto"},
+           "v1": {"cpu_linear": "aten", "preset": "v1"}}
 BATCHES = (1, 5, 10)
 PROMPT = ("Solve the math word problem. Reason step by step, then give the final answer as a "
           "number on a last line of the form \"Answer: <number>\".\n\nQuestion: Edward spent $6 "
@@ -158,12 +162,15 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true", help="leave out lm-eval's hf model")
     ap.add_argument("--concurrent", type=int, help="searches in flight at once "
                     "(batch_size; default: --problems)")
+    ap.add_argument("--with-v1", action="store_true",
+                    help="also time the searches under preset=v1 with before's engine")
     ap.add_argument("--out", default="results/cpu_engine")
     args = ap.parse_args()
     from lm_eval_softreason.lm import SoftReasonLM
 
     load_args, head = report_head(args)
     head["concurrent"] = args.concurrent or args.problems
+    head["with_v1"] = args.with_v1
     default_threads = torch.get_num_threads()
     partial = Path(args.out).with_suffix(".partial.json")
     report: dict = {**head, "configs": {}}
@@ -172,6 +179,8 @@ def main() -> None:
         if {k: kept.get(k) for k in head} == json.loads(json.dumps(head, default=str)):
             report["configs"] = kept["configs"]
     for name, keys in CONFIGS.items():
+        if name == "v1" and not args.with_v1:
+            continue
         if name in report["configs"]:
             print(name, "kept from", partial, flush=True)
             continue
@@ -179,8 +188,9 @@ def main() -> None:
             keys = {**keys, "threads": default_threads}
         keys = {**keys, "batch_size": head["concurrent"]}
         lm = SoftReasonLM(**load_args, **keys)
-        entry = {"model_args": keys, "threads": torch.get_num_threads(),
-                 "throughput": _throughput(lm, args.tokens)}
+        entry = {"model_args": keys, "threads": torch.get_num_threads()}
+        if name != "v1":  # v1's engine is before's: only its searches differ
+            entry["throughput"] = _throughput(lm, args.tokens)
         entry["search"] = searches(lm, args.problems)
         report["configs"][name] = entry
         partial.write_text(json.dumps(report, indent=1, default=str))
@@ -226,6 +236,14 @@ def render(report: dict) -> str:
               f"{same}/{len(sb['answers'])}; right {sum(sb['acc']):.0f} before, "
               f"{sum(sa['acc']):.0f} after; generated tokens {sum(sb['gen_tokens']):.0f} before, "
               f"{sum(sa['gen_tokens']):.0f} after."]
+    if "v1" in report["configs"]:
+        v1 = report["configs"]["v1"]["search"]
+        lines += ["", f"The same {len(v1['answers'])} problems under preset v1 (the defaults when "
+                  f"issue 19 was filed) with before's engine: {v1['wall_s_per_problem']:.0f} s "
+                  f"per problem, so a default search now takes "
+                  f"{sa['wall_s_per_problem'] / v1['wall_s_per_problem']:.2f}x of that "
+                  f"(engine and method together); right {sum(v1['acc']):.0f}; generated tokens "
+                  f"{sum(v1['gen_tokens']):.0f} (the verifier's included)."]
     return "\n".join(lines) + "\n"
 
 
