@@ -109,8 +109,8 @@ def resolve_cpu_linear(cpu_linear: str, device: torch.device, dtype: torch.dtype
     """``auto``: ``onednn`` for float32 on CPU (Qwen2.5-1.5B on a 2-core AVX2 AMD EPYC:
     1.32x decode at batch 1, 1.85x at 5, 1.81x at 10, same answers; results/cpu_engine.md;
     the regression eval's answers unchanged: results/dev/regression_v1_onednn_check.txt.
-    On a 2-core AVX512 Intel Xeon it loses at 1-5 rows (0.81x, 0.93x) but wins at 10
-    (1.54x) and on searches' wall (0.77x), whose batches are 5 rows or more:
+    On a 2-core AVX512 Intel Xeon it loses at 1 row (0.77x), ties at 5 (1.05x) and wins at
+    10 (1.89x) and on searches' wall (0.87x), whose batches are 5 rows or more:
     results/cpu_engine_avx512.md), ``aten`` everywhere else."""
     if cpu_linear != "auto":
         return cpu_linear
