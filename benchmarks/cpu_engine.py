@@ -184,7 +184,7 @@ def main() -> None:
         if name in report["configs"]:
             print(name, "kept from", partial, flush=True)
             continue
-        if name == "before":  # torch's own default thread count, as before the change
+        if name in ("before", "v1"):  # torch's own default thread count, as before the change
             keys = {**keys, "threads": default_threads}
         keys = {**keys, "batch_size": head["concurrent"]}
         lm = SoftReasonLM(**load_args, **keys)
