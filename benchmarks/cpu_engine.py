@@ -1,9 +1,9 @@
 """The HF engine on CPU, before and after the fast path, in one run (issue 19, part 1).
 
     python benchmarks/cpu_engine.py --bench-model qwen2.5-coder-1.5b [--problems 8] \
-        [--tokens 64] [--out results/cpu_engine]
+        [--tokens 64] [--with-v1] [--out results/cpu_engine]
 
-Two configurations of the same weights and dtype:
+Configurations of the same weights and dtype:
 
 * ``before``: ``cpu_linear=aten`` (torch's default linear: MKL sgemm, which repacks the
   weights at every call) and torch's default thread count;
