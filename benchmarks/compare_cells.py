@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from lm_eval_softreason.bench import records
-from lm_eval_softreason.bench.report import exact_mcnemar
+from lm_eval_softreason.bench.compare import exact_mcnemar
 
 
 def load(task_dir: Path, method: str) -> dict[int, dict]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from lm_eval_softreason.answers import (answers_match, final_line_answer, group_answers,
                                         majority_answer, parse_gold)
 from lm_eval_softreason.bench import provenance
-from lm_eval_softreason.bench.report import exact_mcnemar
+from lm_eval_softreason.bench.compare import exact_mcnemar
 from lm_eval_softreason.search.verifier import (ask, grouped_verification_prompt,
                                                 verification_prompt)
 

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from lm_eval_softreason.answers import answers_match, majority_answer, parse_gold
-from lm_eval_softreason.bench.report import exact_mcnemar
+from lm_eval_softreason.bench.compare import exact_mcnemar
 
 RULES = ("vote", "vote_candidates", "weighted", "best")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_softreason.bench import cli, common, methods, records, regression, report, runner
+from lm_eval_softreason.bench import (cli, common, compare, methods, records, regression, report,
+                                      runner)
 from lm_eval_softreason.bench.methods import METHODS, PLANS
 
 TIMING = ("generate_s", "generate_s_total", "wall_s")
@@ -398,8 +399,10 @@ def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path
     _synthetic_cell(tmp_path, "sr-budget900", [1, 1, 1, 0], tokens=850, n_target=4)
     _synthetic_cell(tmp_path, "greedy", [1, 0, 0, 0], tokens=90, n_target=4)
     text = report.render_markdown(report.load_cells(tmp_path))
-    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")]
+    order = [line.split("|")[1].strip() for line in text.split("## vs the paper")[0].splitlines()
+             if line.startswith("| `")]
     assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr-budget900`"]
+    assert "`softreason` vs `sc@10` (already equal): +1 / −2 (p=1)" in text  # N = 880 / 90
     assert ("`sr-budget900` (`softreason` within `sc@10`'s mean generated tokens) against "
             "`sc@10`: +1 / −1 (p=1).") in text
 
@@ -504,15 +507,16 @@ def test_aggregate_matches_lm_eval_mean_stderr_and_skips_missing_costs():
 
 
 def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float, n_target: int,
-                    seconds: float = 1.0, source: str = "engine") -> None:
-    paths = records.cell_paths(results, "m", "svamp", method)
+                    seconds: float = 1.0, source: str = "engine", task: str = "svamp",
+                    model_args: dict | None = None) -> None:
+    paths = records.cell_paths(results, "m", task, method)
     rows = [{"doc_id": i, "acc": a, "coverage": 1.0, "answer": str(i), "gen_tokens": tokens,
              "candidates": 5.0, "rounds": 2.0, "generate_s": seconds, "gen_tokens_source": source}
             for i, a in enumerate(accs)]
     for row in rows:
         records.append_sample(paths, row)
     records.write_cell(paths, {
-        "format": 1, "model": "m", "task": "svamp", "method": method,
+        "format": 1, "model": "m", "task": task, "method": method, "model_args": model_args,
         "complete": len(rows) >= n_target, "n_target": n_target, "limit": n_target,
         "n_done": len(rows),
         "metrics": records.aggregate(rows), "model_identity": {"pretrained": "some/model"},
@@ -530,7 +534,7 @@ def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):
     written = report.write_report(tmp_path)
     text = (tmp_path / "LEADERBOARD.md").read_text()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in text.splitlines() if line.startswith("| `")}
+            for line in text.split("## vs the paper")[0].splitlines() if line.startswith("| `")}
     assert list(rows) == ["`hf-greedy`", "`greedy`", "`sc@10`", "`softreason`"]  # table order
     assert rows["`softreason`"][:2] == ["0.750 ± 0.250", "4"]
     # tokens, time vs greedy; paired: right only here / right only with greedy
@@ -550,13 +554,48 @@ def test_paired_split_and_exact_mcnemar_p(tmp_path):
     _synthetic_cell(tmp_path, "random", accs_b, tokens=100, n_target=15)
     _synthetic_cell(tmp_path, "sc@10", [1] * 15, tokens=100, n_target=15)
     cells = report.load_cells(tmp_path)["svamp"]["m"]
-    assert report.paired(cells["softreason"], cells["random"]) == (
+    assert compare.paired(cells["softreason"], cells["random"]) == (
         8, 0, 15, pytest.approx(2 / 256))
-    assert report.paired(cells["random"], cells["softreason"])[:2] == (0, 8)
-    a_only, b_only, _, p = report.paired(cells["softreason"], cells["sc@10"])
+    assert compare.paired(cells["random"], cells["softreason"])[:2] == (0, 8)
+    a_only, b_only, _, p = compare.paired(cells["softreason"], cells["sc@10"])
     assert (a_only, b_only) == (0, 2) and p == pytest.approx(0.5)
     text = report.render_markdown(report.load_cells(tmp_path))
     assert "`sc@10` +0 / −2 (p=0.5); `random` +8 / −0 (p=0.0078)." in text
+
+
+def test_setup_line_names_the_run_wide_model_args(tmp_path):
+    _synthetic_cell(tmp_path, "greedy", [1, 0], tokens=100, n_target=2, model_args={
+        "preset": "v3", "backend": "hf", "cpu_linear": "auto", "batch_size": 10, "k": 5})
+    _synthetic_cell(tmp_path, "softreason-v1", [1, 0], tokens=100, n_target=2, model_args={
+        "preset": "v1", "backend": "hf", "cpu_linear": "auto", "batch_size": 10})
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert "; model_args preset=v1|v3, backend=hf, cpu_linear=auto, batch_size=10;" in text
+
+
+def test_vs_paper_section_pairs_softreason_with_the_best_baseline_and_equal_tokens(tmp_path):
+    _synthetic_cell(tmp_path, "greedy", [1, 0, 0, 0, 1, 1], tokens=100, n_target=6)
+    _synthetic_cell(tmp_path, "sc@10", [1, 1, 0, 0, 1, 1], tokens=1000, n_target=6)
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 1, 0, 1, 1], tokens=900, n_target=6)
+    _synthetic_cell(tmp_path, "softreason", [1, 0], tokens=900, n_target=6, task="gsm8k_sr")
+    _synthetic_cell(tmp_path, "greedy", [1], tokens=1, n_target=1, task="svamp_dev")  # no paper
+    text = report.render_markdown(report.load_cells(tmp_path))
+    section = text.split("## vs the paper", 1)[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| `")}
+    assert list(rows) == ["`gsm8k_sr` (GSM8K)", "`svamp` (SVAMP)"]  # paper tasks with cells
+    assert rows["`gsm8k_sr` (GSM8K)"][:2] == ["about +5 points", "`softreason` incomplete (2/6)"]
+    # the best baseline is sc@10 (5/6 against greedy's 3/6): +1 / -0 on 6 problems
+    svamp = rows["`svamp` (SVAMP)"]
+    assert svamp[1] == "+16.7 vs `sc@10` (+1 / −0, p=1, n=6)"
+    assert svamp[3:5] == ["1.000 / 1.000", "0.90x"]
+    # 900 tokens = 9 samples of sc@10's 100 each; budget = sc@10's 1000
+    assert svamp[5] == "`sc@9` not complete; `sr-budget1000` not complete"
+    _synthetic_cell(tmp_path, "sc@9", [0, 1, 0, 0, 1, 1], tokens=900, n_target=6)
+    _synthetic_cell(tmp_path, "sr-budget1000", [1, 1, 1, 1, 1, 1], tokens=950, n_target=6)
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert ("`softreason` vs `sc@9`: +2 / −0 (p=0.5); `sr-budget1000` vs `sc@10`: +2 / −0 "
+            "(p=0.5)") in text
+    assert "What is comparable is the direction" in text and "results/vs_paper.md" in text
 
 
 def test_planned_cells_that_never_started_are_listed_not_dropped(tmp_path):

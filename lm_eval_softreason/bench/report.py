@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance, records
+from .compare import answer_agreement, paired_text, relative_cost
+from .paper import paper_section
 from .methods import METHODS
 
 HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
           "rounds / problem", "wall s / problem", "tokens vs greedy", "time vs greedy",
           "right/wrong vs greedy (p)")
 REFERENCES = ("greedy", "hf-greedy")  # what "relative to greedy" divides by, first found
+ENGINE_ARGS = ("preset", "backend", "cpu_linear", "batch_size")  # named on each table's setup line
 
 
 def _method_order(name: str) -> tuple[int, bool, str]:
@@ -75,55 +78,6 @@ def load_cells(results_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
     return table
 
 
-def _shared_ids(a: dict, b: dict) -> list[int]:
-    """The doc ids both cells recorded: every comparison between two cells is on these."""
-    return sorted(set(a["_records"]) & set(b["_records"]))
-
-
-def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None]:
-    """(tokens ratio, time ratio) of ``cell`` over ``reference``, summed over the doc ids both
-    recorded; None where either lacks the numbers."""
-    shared = _shared_ids(cell, reference)
-    ratios = []
-    for key in ("gen_tokens", "generate_s"):
-        mine = [cell["_records"][i].get(key) for i in shared]
-        theirs = [reference["_records"][i].get(key) for i in shared]
-        if not shared or any(v is None for v in mine + theirs) or not sum(theirs):
-            ratios.append(None)
-        else:
-            ratios.append(sum(mine) / sum(theirs))
-    return ratios[0], ratios[1]
-
-
-def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
-    """(same extracted answer, shared problems) between two cells."""
-    shared = _shared_ids(a, b)
-    same = sum(a["_records"][i].get("answer") == b["_records"][i].get("answer") for i in shared)
-    return same, len(shared)
-
-
-def exact_mcnemar(a_only: int, b_only: int) -> float:
-    """Two-sided exact McNemar p from the discordant pair counts (1.0 when there are none)."""
-    from scipy.stats import binomtest
-
-    return float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
-
-
-def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
-    """(problems only ``a`` got right, only ``b`` got right, shared problems, exact McNemar
-    two-sided p) on the problems both cells recorded: a difference in accuracy between two
-    cells on the same problems is judged by the discordant pairs, not by overlapping error bars."""
-    shared = _shared_ids(a, b)
-    a_only = sum(a["_records"][i]["acc"] > b["_records"][i]["acc"] for i in shared)
-    b_only = sum(b["_records"][i]["acc"] > a["_records"][i]["acc"] for i in shared)
-    return a_only, b_only, len(shared), exact_mcnemar(a_only, b_only)
-
-
-def _paired_text(a: dict, b: dict) -> str:
-    a_only, b_only, _, p = paired(a, b)
-    return f"+{a_only} / −{b_only} (p={p:.2g})"
-
-
 def table_rows(cells: dict[str, dict]) -> list[list[str]]:
     """The leaderboard rows of one (task, model): one per method, in METHODS order."""
     reference = next((cells[r] for r in REFERENCES if r in cells and cells[r]["_records"]), None)
@@ -147,7 +101,7 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
                      _num(tokens_ratio, 2) + ("x" if tokens_ratio is not None else ""),
                      _num(time_ratio, 2) + ("x" if time_ratio is not None else ""),
                      "–" if reference is None or cell is reference
-                     else _paired_text(cell, reference)])
+                     else paired_text(cell, reference)])
     return rows
 
 
@@ -171,8 +125,15 @@ def _model_line(cells: dict[str, dict]) -> str:
                       for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
+    engine = []  # the run-wide model_args (search keys differ per method and are in each cell)
+    for key in ENGINE_ARGS:
+        values = sorted({str(v) for c in cells.values()
+                         if (v := (c.get("model_args") or {}).get(key)) is not None})
+        if values:
+            engine.append(f"{key}={'|'.join(values)}")
     return (f"{what}; dtype {', '.join(dtypes)}; {' and '.join(machines) or '?'}; "
             f"{shots}-shot, chat template {'on' if chat else 'off'}; "
+            f"model_args {', '.join(engine) or '?'}; "
             f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
             f"{prov.get('versions', {}).get('transformers', '?')}; commit {', '.join(commits)}")
 
@@ -201,12 +162,12 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
             if others:
                 lines += ["`softreason` paired against, on the same problems (right only with "
                           "`softreason` / right only with the other, exact McNemar p): "
-                          + "; ".join(f"`{n}` {_paired_text(complete['softreason'], complete[n])}"
+                          + "; ".join(f"`{n}` {paired_text(complete['softreason'], complete[n])}"
                                       for n in others) + ".", ""]
         for name in sorted(complete, key=_method_order):
             if name.startswith("sr-budget") and "sc@10" in complete:
                 lines += [f"`{name}` (`softreason` within `sc@10`'s mean generated tokens) "
-                          f"against `sc@10`: {_paired_text(complete[name], complete['sc@10'])}.",
+                          f"against `sc@10`: {paired_text(complete[name], complete['sc@10'])}.",
                           ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
@@ -227,10 +188,13 @@ def render_markdown(table: dict[str, dict[str, dict[str, dict]]]) -> str:
         lines += ["No results yet.", ""]
     for task in sorted(table):
         lines += task_section(task, table[task])
+    if table:
+        lines += paper_section(table)
     return "\n".join(lines).rstrip() + "\n"
 
 
 README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+README_TASKS = ("svamp", "gsm8k_sr", "gsm_hard", "strategyqa")  # the paper's four benchmarks
 
 
 def update_readme(readme: Path, table: dict[str, dict[str, dict[str, dict]]],
@@ -243,6 +207,7 @@ def update_readme(readme: Path, table: dict[str, dict[str, dict[str, dict]]],
     body = []
     for task in tasks:
         body += task_section(task, table.get(task, {}), level="####", image_dir=results_rel)
+    body += paper_section({task: table[task] for task in tasks if task in table}, level="####")
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
     block = "\n".join([README_START, "", *body]).rstrip() + "\n\n" + README_END
@@ -289,7 +254,7 @@ def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Pat
 
 
 def write_report(results_dir: str | Path, readme: str | Path | None = None,
-                 readme_tasks: tuple[str, ...] = ("svamp", "gsm8k_sr")) -> list[Path]:
+                 readme_tasks: tuple[str, ...] = README_TASKS) -> list[Path]:
     """Regenerate LEADERBOARD.md and every pareto_<task>.png (and, given ``readme``, its
     leaderboard block); returns the written paths."""
     results_dir = Path(results_dir)
@@ -313,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--readme", help="also refill this file's leaderboard block "
                         f"({README_START} ... {README_END})")
-    parser.add_argument("--readme-tasks", default="svamp,gsm8k_sr",
+    parser.add_argument("--readme-tasks", default=",".join(README_TASKS),
                         help="tasks shown in the README block (comma list)")
     args = parser.parse_args(argv)
     try:

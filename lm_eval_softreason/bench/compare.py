@@ -1,0 +1,58 @@
+"""Paired comparisons of two leaderboard cells on the problems both recorded: the right/wrong
+split with its exact McNemar p, answer agreement, and cost ratios.
+
+A cell here is a dict with ``"_records"``: {doc_id: per-problem record} (``report.load_cells``
+builds them); nothing here reads files, so ``report`` and ``paper`` can both use it.
+"""
+
+from __future__ import annotations
+
+
+def shared_ids(a: dict, b: dict) -> list[int]:
+    """The doc ids both cells recorded: every comparison between two cells is on these."""
+    return sorted(set(a["_records"]) & set(b["_records"]))
+
+
+def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None]:
+    """(tokens ratio, time ratio) of ``cell`` over ``reference``, summed over the doc ids both
+    recorded; None where either lacks the numbers."""
+    shared = shared_ids(cell, reference)
+    ratios = []
+    for key in ("gen_tokens", "generate_s"):
+        mine = [cell["_records"][i].get(key) for i in shared]
+        theirs = [reference["_records"][i].get(key) for i in shared]
+        if not shared or any(v is None for v in mine + theirs) or not sum(theirs):
+            ratios.append(None)
+        else:
+            ratios.append(sum(mine) / sum(theirs))
+    return ratios[0], ratios[1]
+
+
+def answer_agreement(a: dict, b: dict) -> tuple[int, int]:
+    """(same extracted answer, shared problems) between two cells."""
+    shared = shared_ids(a, b)
+    same = sum(a["_records"][i].get("answer") == b["_records"][i].get("answer") for i in shared)
+    return same, len(shared)
+
+
+def exact_mcnemar(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p from the discordant pair counts (1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
+
+
+def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
+    """(problems only ``a`` got right, only ``b`` got right, shared problems, exact McNemar
+    two-sided p) on the problems both cells recorded: a difference in accuracy between two
+    cells on the same problems is judged by the discordant pairs, not by overlapping error bars."""
+    shared = shared_ids(a, b)
+    a_only = sum(a["_records"][i]["acc"] > b["_records"][i]["acc"] for i in shared)
+    b_only = sum(b["_records"][i]["acc"] > a["_records"][i]["acc"] for i in shared)
+    return a_only, b_only, len(shared), exact_mcnemar(a_only, b_only)
+
+
+def paired_text(a: dict, b: dict) -> str:
+    """``+a_only / −b_only (p=...)``: the split of :func:`paired`, as the tables print it."""
+    a_only, b_only, _, p = paired(a, b)
+    return f"+{a_only} / −{b_only} (p={p:.2g})"
