@@ -584,6 +584,11 @@ def test_vs_paper_section_pairs_softreason_with_the_best_baseline_and_equal_toke
             for line in section.splitlines() if line.startswith("| `")}
     assert list(rows) == ["`gsm8k_sr` (GSM8K)", "`svamp` (SVAMP)"]  # paper tasks with cells
     assert rows["`gsm8k_sr` (GSM8K)"][:2] == ["about +5 points", "`softreason` incomplete (2/6)"]
+    _synthetic_cell(tmp_path, "softreason", [1, 0, 0, 0], tokens=900, n_target=4, task="strategyqa")
+    _synthetic_cell(tmp_path, "greedy", [1, 1, 0, 0], tokens=90, n_target=4, task="strategyqa")
+    section = report.render_markdown(report.load_cells(tmp_path)).split("## vs the paper", 1)[1]
+    assert "| `strategyqa` (StrategyQA) | not stated | −25.0 vs `greedy` (+0 / −1, p=1, n=4) |" in (
+        section)  # a loss, with the tables' minus sign; greedy is the only complete baseline
     # the best baseline is sc@10 (5/6 against greedy's 3/6): +1 / -0 on 6 problems
     svamp = rows["`svamp` (SVAMP)"]
     assert svamp[1] == "+16.7 vs `sc@10` (+1 / −0, p=1, n=6)"

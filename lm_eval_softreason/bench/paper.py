@@ -53,7 +53,8 @@ def _gain(sr: dict, complete: dict[str, dict]) -> str:
     if best is None:
         return "no complete baseline"
     name, diff, a_only, b_only, n, p = best
-    return f"{diff:+.1f} vs `{name}` (+{a_only} / −{b_only}, p={p:.2g}, n={n})"
+    signed = f"{diff:+.1f}".replace("-", "−")  # the tables' minus sign
+    return f"{signed} vs `{name}` (+{a_only} / −{b_only}, p={p:.2g}, n={n})"
 
 
 def _equal_tokens(sr: dict, sc10: dict | None, complete: dict[str, dict]) -> str:
