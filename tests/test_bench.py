@@ -582,8 +582,12 @@ def test_vs_paper_section_pairs_softreason_with_the_best_baseline_and_equal_toke
     section = text.split("## vs the paper", 1)[1]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in section.splitlines() if line.startswith("| `")}
-    assert list(rows) == ["`gsm8k_sr` (GSM8K)", "`svamp` (SVAMP)"]  # paper tasks with cells
-    assert rows["`gsm8k_sr` (GSM8K)"][:2] == ["about +5 points", "`softreason` incomplete (2/6)"]
+    assert list(rows) == ["`gsm8k_sr` (GSM8K)", "`gsm_hard` (GSM-Hard)", "`svamp` (SVAMP)",
+                          "`strategyqa` (StrategyQA)"]  # every paper task, run or not
+    assert rows["`gsm8k_sr` (GSM8K)"][:3] == [
+        "about +5 points", "`softreason` incomplete (2/6)", "0.918 (LLaMA3-8B, zero-shot; FIRE "
+        "0.845, CoT-decoding 0.853)"]
+    assert rows["`gsm_hard` (GSM-Hard)"][:3] == ["about +3 points", "not run yet", "not stated"]
     _synthetic_cell(tmp_path, "softreason", [1, 0, 0, 0], tokens=900, n_target=4, task="strategyqa")
     _synthetic_cell(tmp_path, "greedy", [1, 1, 0, 0], tokens=90, n_target=4, task="strategyqa")
     section = report.render_markdown(report.load_cells(tmp_path)).split("## vs the paper", 1)[1]

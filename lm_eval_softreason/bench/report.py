@@ -23,8 +23,8 @@ from typing import Any
 
 from . import provenance, records
 from .compare import answer_agreement, paired_text, relative_cost
-from .paper import paper_section
 from .methods import METHODS
+from .paper import paper_section
 
 HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
           "rounds / problem", "wall s / problem", "tokens vs greedy", "time vs greedy",
