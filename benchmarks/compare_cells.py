@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
-from lm_eval_softreason.bench import records
+from lm_eval_softreason.bench import provenance, records
+from lm_eval_softreason.bench.report import ENGINE_ARGS
 from lm_eval_softreason.bench.compare import exact_mcnemar
 
 
@@ -38,6 +40,22 @@ def load(task_dir: Path, method: str) -> dict[int, dict]:
     return {r["doc_id"]: r for r in found}
 
 
+def cell_setup(task_dir: Path, method: str) -> str:
+    """Where ``method``'s cell ran: its machines and the model_args that name the engine, so a
+    check that varies one of them (CPU class, linear kernel) says so in its own table."""
+    if ":" in method:
+        method, folder = method.split(":", 1)
+        task_dir = Path(folder)
+    try:
+        cell = json.loads((task_dir / f"{method}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no cell JSON"
+    machines = [provenance.describe_device(d) for d in records.devices(cell.get("provenance") or {})]
+    args = cell.get("model_args") or {}
+    engine = ", ".join(f"{k}={args[k]}" for k in ENGINE_ARGS if args.get(k) is not None)
+    return f"{' and '.join(dict.fromkeys(machines)) or '?'}; {engine or '?'}"
+
+
 def _mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):,.0f}" if values else "–"
 
@@ -51,6 +69,7 @@ def label(method: str) -> str:
 
 
 def compare(task_dir: Path, methods: list[str]) -> str:
+    names = methods
     cells = {label(m): load(task_dir, m) for m in methods}
     methods = list(cells)
     shared = sorted(set.intersection(*(set(c) for c in cells.values())))
@@ -60,6 +79,7 @@ def compare(task_dir: Path, methods: list[str]) -> str:
              f"n = {len(shared)} problems recorded by every cell (doc ids {shared[0]}-"
              f"{shared[-1]}{'' if shared[-1] - shared[0] + 1 == len(shared) else ', with gaps'})",
              "", f"`python benchmarks/compare_cells.py {shlex.join(sys.argv[1:])}`", "",
+             *(f"- `{label(m)}`: {cell_setup(task_dir, m)}" for m in names), "",
              "| method | accuracy | coverage | gen tokens / problem | of them verifier | "
              "prompt tokens | rounds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, cell in cells.items():
@@ -89,7 +109,10 @@ def compare(task_dir: Path, methods: list[str]) -> str:
         lines.append(f"| `{a}` | " + " | ".join(row) + " |")
     same = [f"`{a}` = `{b}`: {sum(cells[a][i].get('answer') == cells[b][i].get('answer') for i in shared)}"
             for a, b in itertools.combinations(methods, 2)]
-    lines += ["", "Same final answer on the shared problems: " + "; ".join(same) + ".", "",
+    text = [f"`{a}` = `{b}`: {sum(cells[a][i].get('response') == cells[b][i].get('response') for i in shared)}"
+            for a, b in itertools.combinations(methods, 2)]
+    lines += ["", "Same final answer on the shared problems: " + "; ".join(same) + ".",
+              "Same returned text, character for character: " + "; ".join(text) + ".", "",
               "Not shown: anything beyond these problems; wall time (cells may have run under "
               "different loads and batch sizes).", ""]
     return "\n".join(lines)
