@@ -50,7 +50,8 @@ def cell_setup(task_dir: Path, method: str) -> str:
         cell = json.loads((task_dir / f"{method}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "no cell JSON"
-    machines = [provenance.describe_device(d) for d in records.devices(cell.get("provenance") or {})]
+    machines = [provenance.describe_device(d)
+                for d in records.devices(cell.get("provenance") or {})]
     args = cell.get("model_args") or {}
     engine = ", ".join(f"{k}={args[k]}" for k in ENGINE_ARGS if args.get(k) is not None)
     return f"{' and '.join(dict.fromkeys(machines)) or '?'}; {engine or '?'}"
@@ -107,12 +108,14 @@ def compare(task_dir: Path, methods: list[str]) -> str:
             b_only = sum(cells[b][i]["acc"] > cells[a][i]["acc"] for i in shared)
             row.append(f"+{a_only} / −{b_only} (p={exact_mcnemar(a_only, b_only):.2g})")
         lines.append(f"| `{a}` | " + " | ".join(row) + " |")
-    same = [f"`{a}` = `{b}`: {sum(cells[a][i].get('answer') == cells[b][i].get('answer') for i in shared)}"
-            for a, b in itertools.combinations(methods, 2)]
-    text = [f"`{a}` = `{b}`: {sum(cells[a][i].get('response') == cells[b][i].get('response') for i in shared)}"
-            for a, b in itertools.combinations(methods, 2)]
-    lines += ["", "Same final answer on the shared problems: " + "; ".join(same) + ".",
-              "Same returned text, character for character: " + "; ".join(text) + ".", "",
+
+    def agree(key: str) -> str:
+        return "; ".join(
+            f"`{a}` = `{b}`: {sum(cells[a][i].get(key) == cells[b][i].get(key) for i in shared)}"
+            for a, b in itertools.combinations(methods, 2))
+
+    lines += ["", "Same final answer on the shared problems: " + agree("answer") + ".",
+              "Same returned text, character for character: " + agree("response") + ".", "",
               "Not shown: anything beyond these problems; wall time (cells may have run under "
               "different loads and batch sizes).", ""]
     return "\n".join(lines)

@@ -94,6 +94,8 @@ def test_killed_run_resumes_without_recomputing_finished_problems(
         assert _metrics(resumed, method) == _metrics(tmp_path / "straight", method)
         samples = records.read_samples(records.cell_paths(resumed, "tiny", "svamp", method))
         assert [s["doc_id"] for s in samples] == [0, 1, 2]
+        # every record names its machine, so a cell resumed elsewhere still times like with like
+        assert all(s["device"] == cell_device(resumed, method) for s in samples)
 
     # a third run finds everything done and generates nothing
     generate_calls.clear()
@@ -506,6 +508,11 @@ def test_aggregate_matches_lm_eval_mean_stderr_and_skips_missing_costs():
 # ------------------------------------------------------------------------------ report
 
 
+def cell_device(results: Path, method: str) -> dict:
+    return records.read_cell(records.cell_paths(results, "tiny", "svamp", method).json)[
+        "provenance"]["device"]
+
+
 def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float, n_target: int,
                     seconds: float = 1.0, source: str = "engine", task: str = "svamp",
                     model_args: dict | None = None) -> None:
@@ -777,3 +784,30 @@ def test_save_dense_clears_the_gguf_quantizer_that_blocks_save_pretrained(tiny_m
     assert reloaded.dtype == torch.bfloat16
     assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(),
                                                  reloaded.state_dict().values()))
+
+
+def test_time_ratio_pairs_only_problems_decoded_on_the_same_machine(tmp_path):
+    intel = {"device": "cpu", "cpu": "Intel", "cpu_class": "AVX512", "cpu_count": 2}
+    amd = {"device": "cpu", "cpu": "AMD EPYC", "cpu_class": "AVX512-BF16", "cpu_count": 2}
+    _synthetic_cell(tmp_path, "greedy", [1, 0, 1, 0], tokens=100, n_target=4, seconds=2.0)
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 1, 0], tokens=1000, n_target=4, seconds=30)
+    greedy_json = tmp_path / "m" / "svamp" / "greedy.json"
+    cell = json.loads(greedy_json.read_text())
+    cell["provenance"]["device"] = intel  # one machine: every record is on it
+    greedy_json.write_text(json.dumps(cell))
+    sr_json = tmp_path / "m" / "svamp" / "softreason.json"
+    cell = json.loads(sr_json.read_text())
+    cell["provenance"]["devices"] = [intel, amd]  # resumed elsewhere
+    sr_json.write_text(json.dumps(cell))
+    samples = sr_json.with_name("softreason.samples.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    # problem 0 on Intel, 1 on AMD at half the time, 2-3 from before per-record devices
+    rows[0]["device"], rows[1]["device"], rows[1]["generate_s"] = intel, amd, 15.0
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cells = report.load_cells(tmp_path)["svamp"]["m"]
+    assert records.record_device(cells["greedy"]["_records"][3], cells["greedy"]) == intel
+    assert records.record_device(cells["softreason"]["_records"][3], cells["softreason"]) is None
+    tokens, time, timed = compare.relative_cost(cells["softreason"], cells["greedy"])
+    assert (tokens, time, timed) == (pytest.approx(10.0), pytest.approx(15.0), 1)
+    row = next(r for r in report.table_rows(cells) if r[0] == "`softreason`")
+    assert row[-2] == "15.00x (n=1)"

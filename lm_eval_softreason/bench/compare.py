@@ -7,25 +7,36 @@ builds them); nothing here reads files, so ``report`` and ``paper`` can both use
 
 from __future__ import annotations
 
+from . import records
+from .provenance import describe_device
+
 
 def shared_ids(a: dict, b: dict) -> list[int]:
     """The doc ids both cells recorded: every comparison between two cells is on these."""
     return sorted(set(a["_records"]) & set(b["_records"]))
 
 
-def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None]:
-    """(tokens ratio, time ratio) of ``cell`` over ``reference``, summed over the doc ids both
-    recorded; None where either lacks the numbers."""
+def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | None, int]:
+    """(tokens ratio, time ratio, problems timed) of ``cell`` over ``reference``, summed over
+    the doc ids both recorded; None where either lacks the numbers. Time pairs only problems
+    that both cells decoded on the same machine (a resumed cell can mix CPU classes, whose
+    speeds differ by up to 2x), and says over how many."""
     shared = shared_ids(cell, reference)
-    ratios = []
-    for key in ("gen_tokens", "generate_s"):
-        mine = [cell["_records"][i].get(key) for i in shared]
-        theirs = [reference["_records"][i].get(key) for i in shared]
-        if not shared or any(v is None for v in mine + theirs) or not sum(theirs):
-            ratios.append(None)
-        else:
-            ratios.append(sum(mine) / sum(theirs))
-    return ratios[0], ratios[1]
+    mine = [cell["_records"][i].get("gen_tokens") for i in shared]
+    theirs = [reference["_records"][i].get("gen_tokens") for i in shared]
+    tokens = (None if not shared or None in mine + theirs or not sum(theirs)
+              else sum(mine) / sum(theirs))
+    timed = [i for i in shared if _same_machine(cell, reference, i)]
+    mine = [cell["_records"][i].get("generate_s") for i in timed]
+    theirs = [reference["_records"][i].get("generate_s") for i in timed]
+    time = (None if not timed or None in mine + theirs or not sum(theirs)
+            else sum(mine) / sum(theirs))
+    return tokens, time, len(timed) if time is not None else 0
+
+
+def _same_machine(a: dict, b: dict, doc_id: int) -> bool:
+    machines = [records.record_device(c["_records"][doc_id], c) for c in (a, b)]
+    return None not in machines and len({describe_device(m) for m in machines}) == 1
 
 
 def answer_agreement(a: dict, b: dict) -> tuple[int, int]:

@@ -197,6 +197,15 @@ def devices(prov: dict) -> list[dict]:
     return [d for d in (prov.get("devices") or [prov.get("device")]) if d]
 
 
+def record_device(record: dict, cell: dict) -> dict | None:
+    """The machine that decoded one problem: the record's own ``device``, else the cell's only
+    machine; None when the cell ran on several and the record predates per-record devices."""
+    if record.get("device"):
+        return record["device"]
+    machines = devices(cell.get("provenance") or {})
+    return machines[0] if len(machines) == 1 else None
+
+
 PLANNED_FILE = "planned.json"
 
 

@@ -5,7 +5,8 @@ samples); never edit the outputs by hand.
 Per task and model, one row per method: accuracy ± standard error and n, coverage, generated
 tokens, candidates and rounds per problem, wall seconds per problem (timed around the model's
 ``generate_until``, the same clock for every method), tokens and time relative to ``greedy`` on
-the problems both ran, and the paired right/wrong split against ``greedy`` with its exact
+the problems both ran (time only where both ran on the same machine: "(n=k)" when that is
+fewer), and the paired right/wrong split against ``greedy`` with its exact
 McNemar p (plus ``softreason`` against every other method). A cell that has not finished is
 listed as "incomplete (k/n done)", and a planned cell (``<model>/planned.json``, written by the
 runner) that never started as "not started (0/n)"; neither is dropped.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance, records
-from .compare import answer_agreement, paired_text, relative_cost
+from .compare import answer_agreement, paired_text, relative_cost, shared_ids
 from .methods import METHODS
 from .paper import paper_section
 
@@ -90,7 +91,8 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
                          *["–"] * (len(HEADER) - 2)])
             continue
         m = cell["metrics"]
-        tokens_ratio, time_ratio = relative_cost(cell, reference) if reference else (None, None)
+        tokens_ratio, time_ratio, timed = (relative_cost(cell, reference) if reference
+                                           else (None, None, 0))
         accuracy = "–" if m["acc"] is None else (
             f"{m['acc']:.3f} ± {m['acc_stderr']:.3f}" if m.get("acc_stderr") is not None
             else f"{m['acc']:.3f}")
@@ -99,7 +101,9 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
         rows.append([f"`{name}`", accuracy, str(m["n"]), _num(m["coverage"], 3), tokens,
                      _num(m["candidates"]), _num(m["rounds"]), _num(m["generate_s"]),
                      _num(tokens_ratio, 2) + ("x" if tokens_ratio is not None else ""),
-                     _num(time_ratio, 2) + ("x" if time_ratio is not None else ""),
+                     _num(time_ratio, 2) + ("x" if time_ratio is not None else "")
+                     + (f" (n={timed})" if time_ratio is not None
+                        and timed < len(shared_ids(cell, reference)) else ""),
                      "–" if reference is None or cell is reference
                      else paired_text(cell, reference)])
     return rows

@@ -351,6 +351,12 @@ class Runner:
         )
         return result, self.generate_s
 
+    def device_info(self) -> dict:
+        """This run's machine, as cells and records name it."""
+        from .. import loading
+
+        return provenance.device_info(loading.resolve_device(self.base_cfg.device))
+
     def _record(self, example: dict, lm, generate_s: float, chunk_size: int,
                 settings_hash: str) -> dict:
         """One problem's record: answer, score, candidates and cost (from the logged sample)."""
@@ -379,7 +385,9 @@ class Runner:
         record.update({"generate_s": generate_s, "chunk_size": chunk_size, "stats": stats,
                        "doc_hash": example.get("doc_hash"),
                        "prompt_hash": example.get("prompt_hash"),
-                       "settings_hash": settings_hash, "finished": provenance.now_iso()})
+                       "settings_hash": settings_hash, "finished": provenance.now_iso(),
+                       # a resumed cell mixes machines: its time ratios pair like with like
+                       "device": self.device_info()})
         return records.clean_floats(record)
 
     def _cell_json(self, previous: dict | None, method: Method, task: str, limit: int,
@@ -398,7 +406,7 @@ class Runner:
         commits = records.git_commits(prov)  # every run that wrote this cell
         if self.git and self.git not in commits:
             commits.append(self.git)
-        device = provenance.device_info(loading.resolve_device(self.base_cfg.device))
+        device = self.device_info()
         machines = records.devices(prov)
         if device not in machines:
             machines.append(device)
