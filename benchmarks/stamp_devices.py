@@ -8,7 +8,9 @@ machine cannot, and its time ratios would then pair problems decoded on differen
 walks the commits that touched the cell, oldest first: the records a commit adds were decoded
 by the machine its cell JSON lists alone, or else by the one machine that commit added to the
 list. Records no commit settles that way stay unstamped (the report leaves them out of time
-ratios); records that already name a device are left as they are.
+ratios); records that already name a device are left as they are unless ``--replace``.
+A record is its doc id, finish time and settings hash, so another cell once kept at the same
+path (a superseded preset's) lends nothing to today's.
 """
 
 from __future__ import annotations
@@ -36,40 +38,48 @@ def _at(commit: str, path: str) -> bytes | None:
         return None
 
 
-def _doc_ids(raw: bytes | None, gz: bool) -> set[int]:
+def _key(record: dict) -> tuple:
+    """A record's identity: a rerun of the same problem (another preset's cell once kept at
+    this path, say) is another record, decoded perhaps on another machine."""
+    return int(record["doc_id"]), record.get("finished"), record.get("settings_hash")
+
+
+def _keys(raw: bytes | None, gz: bool) -> set[tuple]:
     if raw is None:
         return set()
     text = (gzip.decompress(raw) if gz else raw).decode("utf-8")
-    return {int(json.loads(line)["doc_id"]) for line in text.splitlines() if line.strip()}
+    return {_key(json.loads(line)) for line in text.splitlines() if line.strip()}
 
 
-def attribute(cell_json: Path) -> dict[int, dict]:
-    """{doc_id: device} for the records whose machine the cell's git history settles."""
+def attribute(cell_json: Path) -> dict[tuple, dict]:
+    """{record key: device} for the records whose machine the cell's git history settles."""
     root = Path(_git("rev-parse", "--show-toplevel").strip())
     paths = records.samples_paths_for(cell_json.resolve())
     rel = [str(p.relative_to(root)) for p in (paths.json, paths.samples, paths.samples_gz)]
     commits = _git("log", "--reverse", "--format=%H", "--", *rel).split()
-    found: dict[int, dict] = {}
-    seen_ids: set[int] = set()
+    found: dict[tuple, dict] = {}
+    seen_ids: set[tuple] = set()
     seen_devices: list[dict] = []
     for commit in commits:
         raw_cell = _at(commit, rel[0])
         if raw_cell is None:
             continue
         machines = records.devices(json.loads(raw_cell).get("provenance") or {})
-        ids = _doc_ids(_at(commit, rel[1]), False) | _doc_ids(_at(commit, rel[2]), True)
+        ids = _keys(_at(commit, rel[1]), False) | _keys(_at(commit, rel[2]), True)
         added = [d for d in machines if d not in seen_devices]
         machine = machines[0] if len(machines) == 1 else added[0] if len(added) == 1 else None
-        for doc_id in ids - seen_ids:
+        for key in ids - seen_ids:
             if machine is not None:
-                found[doc_id] = machine
+                found[key] = machine
         seen_ids |= ids
         seen_devices += added
     return found
 
 
-def stamp(cell_json: Path, dry_run: bool = False) -> tuple[int, int]:
-    """Write the settled devices into the cell's samples file; (stamped, still unknown)."""
+def stamp(cell_json: Path, dry_run: bool = False, replace: bool = False) -> tuple[int, int]:
+    """Write the settled devices into the cell's samples file; (stamped, still unknown).
+    ``replace``: also overwrite a device the history settles otherwise (a wrong earlier
+    stamp); a record it does not settle keeps its own."""
     paths = records.samples_paths_for(cell_json)
     source = paths.existing_samples()
     if source is None:
@@ -80,10 +90,11 @@ def stamp(cell_json: Path, dry_run: bool = False) -> tuple[int, int]:
     settled = attribute(cell_json)
     stamped = unknown = 0
     for record in lines:
-        if record.get("device"):
+        settled_device = settled.get(_key(record))
+        if record.get("device") and (not replace or settled_device in (None, record["device"])):
             continue
-        if int(record["doc_id"]) in settled:
-            record["device"] = settled[int(record["doc_id"])]
+        if settled_device is not None:
+            record["device"] = settled_device
             stamped += 1
         else:
             unknown += 1
@@ -100,11 +111,13 @@ def main() -> None:
     ap.add_argument("cells", nargs="+", type=Path,
                     help="cell JSON files (results/<model>/<task>/<method>.json)")
     ap.add_argument("--dry-run", action="store_true", help="count, write nothing")
+    ap.add_argument("--replace", action="store_true",
+                    help="overwrite a record's device where the history settles another")
     args = ap.parse_args()
     for cell in args.cells:
         if not cell.is_file():
             sys.exit(f"no cell JSON at {cell}")
-        stamped, unknown = stamp(cell, args.dry_run)
+        stamped, unknown = stamp(cell, args.dry_run, args.replace)
         print(f"{cell}: {stamped} records stamped, {unknown} left without a device")
 
 

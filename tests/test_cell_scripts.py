@@ -70,6 +70,12 @@ def test_stamp_devices_follows_the_cells_history(tmp_path, monkeypatch):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     cell = tmp_path / "results" / "m" / "svamp" / "sc@10.json"
     cell.parent.mkdir(parents=True)
+    # a superseded cell once kept at this path, on another machine, then moved away
+    _commit(tmp_path, cell, [AMD], [{"doc_id": 0, "finished": "old"}])
+    subprocess.run(["git", "rm", "-rq", "results"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rm"],
+                   cwd=tmp_path, check=True)
+    cell.parent.mkdir(parents=True)
     rows = [{"doc_id": i} for i in range(6)]
     _commit(tmp_path, cell, [INTEL], rows[:2])           # first run: one machine
     _commit(tmp_path, cell, [INTEL], rows[:3])           # resumed there: still settled
@@ -84,3 +90,13 @@ def test_stamp_devices_follows_the_cells_history(tmp_path, monkeypatch):
                cell.with_name("sc@10.samples.jsonl").read_text().splitlines()]
     assert [r.get("device") for r in stamped] == [INTEL, INTEL, INTEL, AMD, INTEL, None]
     assert stamp_devices.stamp(cell) == (0, 1)  # idempotent
+    # a wrong stamp is left alone, unless asked to replace it with what the history settles
+    rows[0]["device"] = AMD
+    cell.with_name("sc@10.samples.jsonl").write_text(
+        "".join(json.dumps({**r, "device": r.get("device") or s.get("device")}) + "\n"
+                for r, s in zip(rows, stamped)))
+    assert stamp_devices.stamp(cell) == (0, 1)
+    assert stamp_devices.stamp(cell, replace=True) == (1, 1)
+    fixed = [json.loads(line) for line in
+             cell.with_name("sc@10.samples.jsonl").read_text().splitlines()]
+    assert [r.get("device") for r in fixed] == [INTEL, INTEL, INTEL, AMD, INTEL, None]
