@@ -8,7 +8,8 @@ machine cannot, and its time ratios would then pair problems decoded on differen
 walks the commits that touched the cell, oldest first: the records a commit adds were decoded
 by the machine its cell JSON lists alone, or else by the one machine that commit added to the
 list. Records no commit settles that way stay unstamped (the report leaves them out of time
-ratios); records that already name a device are left as they are unless ``--replace``.
+ratios); records that already name a device are left as they are unless ``--replace``, which
+trusts the history over them (wrong only if one commit holds runs from two machines).
 A record is its doc id, finish time and settings hash, so another cell once kept at the same
 path (a superseded preset's) lends nothing to today's.
 """
@@ -62,7 +63,8 @@ def attribute(cell_json: Path) -> dict[tuple, dict]:
     seen_devices: list[dict] = []
     for commit in commits:
         raw_cell = _at(commit, rel[0])
-        if raw_cell is None:
+        if raw_cell is None:  # moved away: a cell later at this path starts afresh
+            seen_devices = []
             continue
         machines = records.devices(json.loads(raw_cell).get("provenance") or {})
         ids = _keys(_at(commit, rel[1]), False) | _keys(_at(commit, rel[2]), True)
@@ -72,7 +74,7 @@ def attribute(cell_json: Path) -> dict[tuple, dict]:
             if machine is not None:
                 found[key] = machine
         seen_ids |= ids
-        seen_devices += added
+        seen_devices = machines
     return found
 
 

@@ -90,13 +90,14 @@ def test_stamp_devices_follows_the_cells_history(tmp_path, monkeypatch):
                cell.with_name("sc@10.samples.jsonl").read_text().splitlines()]
     assert [r.get("device") for r in stamped] == [INTEL, INTEL, INTEL, AMD, INTEL, None]
     assert stamp_devices.stamp(cell) == (0, 1)  # idempotent
-    # a wrong stamp is left alone, unless asked to replace it with what the history settles
+    # a device the history contradicts is left alone, unless asked to replace it: then the
+    # history wins (record 4 was added by the commit that added AMD)
     rows[0]["device"] = AMD
     cell.with_name("sc@10.samples.jsonl").write_text(
         "".join(json.dumps({**r, "device": r.get("device") or s.get("device")}) + "\n"
                 for r, s in zip(rows, stamped)))
     assert stamp_devices.stamp(cell) == (0, 1)
-    assert stamp_devices.stamp(cell, replace=True) == (1, 1)
+    assert stamp_devices.stamp(cell, replace=True) == (2, 1)
     fixed = [json.loads(line) for line in
              cell.with_name("sc@10.samples.jsonl").read_text().splitlines()]
-    assert [r.get("device") for r in fixed] == [INTEL, INTEL, INTEL, AMD, INTEL, None]
+    assert [r.get("device") for r in fixed] == [INTEL, INTEL, INTEL, AMD, AMD, None]
