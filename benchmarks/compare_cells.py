@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shlex
 import statistics
 import sys
@@ -27,12 +26,18 @@ from lm_eval_softreason.bench.report import ENGINE_ARGS
 from lm_eval_softreason.bench.compare import exact_mcnemar
 
 
-def load(task_dir: Path, method: str) -> dict[int, dict]:
-    """The records of cell ``method`` in ``task_dir``; ``method:DIR`` reads it from DIR instead
-    (a cell kept under another results root, e.g. a superseded preset's)."""
+def _where(task_dir: Path, method: str) -> tuple[str, Path]:
+    """(method, folder): ``method:DIR`` names a cell kept under another results root (e.g. a
+    superseded preset's or a check's)."""
     if ":" in method:
         method, folder = method.split(":", 1)
-        task_dir = Path(folder)
+        return method, Path(folder)
+    return method, task_dir
+
+
+def load(task_dir: Path, method: str) -> dict[int, dict]:
+    """The records of cell ``method`` in ``task_dir`` (``method:DIR``: in DIR)."""
+    method, task_dir = _where(task_dir, method)
     paths = records.samples_paths_for(task_dir / f"{method}.json")
     found = records.read_samples(paths)
     if not found:
@@ -43,11 +48,9 @@ def load(task_dir: Path, method: str) -> dict[int, dict]:
 def cell_setup(task_dir: Path, method: str) -> str:
     """Where ``method``'s cell ran: its machines and the model_args that name the engine, so a
     check that varies one of them (CPU class, linear kernel) says so in its own table."""
-    if ":" in method:
-        method, folder = method.split(":", 1)
-        task_dir = Path(folder)
+    method, task_dir = _where(task_dir, method)
     try:
-        cell = json.loads((task_dir / f"{method}.json").read_text(encoding="utf-8"))
+        cell = records.read_cell(task_dir / f"{method}.json")
     except (OSError, ValueError):
         return "no cell JSON"
     machines = [provenance.describe_device(d)
@@ -65,12 +68,12 @@ def label(method: str) -> str:
     """``NAME`` or, for ``NAME:DIR``, ``NAME [results root of DIR]``."""
     if ":" not in method:
         return method
-    name, folder = method.split(":", 1)
-    return f"{name} [{Path(folder).parent.parent}]"
+    name, folder = _where(Path(), method)
+    return f"{name} [{folder.parent.parent}]"
 
 
 def compare(task_dir: Path, methods: list[str]) -> str:
-    names = methods
+    setups = [f"- `{label(m)}`: {cell_setup(task_dir, m)}" for m in methods]
     cells = {label(m): load(task_dir, m) for m in methods}
     methods = list(cells)
     shared = sorted(set.intersection(*(set(c) for c in cells.values())))
@@ -80,7 +83,7 @@ def compare(task_dir: Path, methods: list[str]) -> str:
              f"n = {len(shared)} problems recorded by every cell (doc ids {shared[0]}-"
              f"{shared[-1]}{'' if shared[-1] - shared[0] + 1 == len(shared) else ', with gaps'})",
              "", f"`python benchmarks/compare_cells.py {shlex.join(sys.argv[1:])}`", "",
-             *(f"- `{label(m)}`: {cell_setup(task_dir, m)}" for m in names), "",
+             *setups, "",
              "| method | accuracy | coverage | gen tokens / problem | of them verifier | "
              "prompt tokens | rounds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, cell in cells.items():

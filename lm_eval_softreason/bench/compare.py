@@ -22,16 +22,18 @@ def relative_cost(cell: dict, reference: dict) -> tuple[float | None, float | No
     that both cells decoded on the same machine (a resumed cell can mix CPU classes, whose
     speeds differ by up to 2x), and says over how many."""
     shared = shared_ids(cell, reference)
-    mine = [cell["_records"][i].get("gen_tokens") for i in shared]
-    theirs = [reference["_records"][i].get("gen_tokens") for i in shared]
-    tokens = (None if not shared or None in mine + theirs or not sum(theirs)
-              else sum(mine) / sum(theirs))
     timed = [i for i in shared if _same_machine(cell, reference, i)]
-    mine = [cell["_records"][i].get("generate_s") for i in timed]
-    theirs = [reference["_records"][i].get("generate_s") for i in timed]
-    time = (None if not timed or None in mine + theirs or not sum(theirs)
-            else sum(mine) / sum(theirs))
-    return tokens, time, len(timed) if time is not None else 0
+    time = _ratio(cell, reference, timed, "generate_s")
+    return (_ratio(cell, reference, shared, "gen_tokens"), time,
+            len(timed) if time is not None else 0)
+
+
+def _ratio(cell: dict, reference: dict, ids: list[int], key: str) -> float | None:
+    mine = [cell["_records"][i].get(key) for i in ids]
+    theirs = [reference["_records"][i].get(key) for i in ids]
+    if not ids or None in mine + theirs or not sum(theirs):
+        return None
+    return sum(mine) / sum(theirs)
 
 
 def _same_machine(a: dict, b: dict, doc_id: int) -> bool:

@@ -14,6 +14,7 @@ This module is the ``run`` subcommand (``run``); ``cli`` dispatches the command 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import time
@@ -351,8 +352,9 @@ class Runner:
         )
         return result, self.generate_s
 
+    @functools.cached_property
     def device_info(self) -> dict:
-        """This run's machine, as cells and records name it."""
+        """This run's machine, as cells and records name it (read once: it names every record)."""
         from .. import loading
 
         return provenance.device_info(loading.resolve_device(self.base_cfg.device))
@@ -387,7 +389,7 @@ class Runner:
                        "prompt_hash": example.get("prompt_hash"),
                        "settings_hash": settings_hash, "finished": provenance.now_iso(),
                        # a resumed cell mixes machines: its time ratios pair like with like
-                       "device": self.device_info()})
+                       "device": self.device_info})
         return records.clean_floats(record)
 
     def _cell_json(self, previous: dict | None, method: Method, task: str, limit: int,
@@ -406,7 +408,7 @@ class Runner:
         commits = records.git_commits(prov)  # every run that wrote this cell
         if self.git and self.git not in commits:
             commits.append(self.git)
-        device = self.device_info()
+        device = self.device_info
         machines = records.devices(prov)
         if device not in machines:
             machines.append(device)
