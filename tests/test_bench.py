@@ -301,6 +301,43 @@ def test_resumed_cell_keeps_every_machine_that_wrote_it(tiny_model_dir, tmp_path
     assert "cpu (AMD EPYC, AVX2, 2 cores) and cpu (Intel Xeon, AVX512, 2 cores)" in line
 
 
+def test_a_cell_resumed_on_another_machine_first_stamps_its_old_records(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Records from before per-record devices borrow the cell's only machine; once a resumed
+    run lists a second one they could no longer, so the resume stamps them first."""
+    amd = {"device": "cpu", "cpu": "AMD EPYC", "cpu_class": "AVX512-BF16", "cpu_count": 2}
+    intel = {"device": "cpu", "cpu": "Intel Xeon", "cpu_class": "AVX512", "cpu_count": 2}
+    argv = _argv(tiny_model_dir("llama"), tmp_path, data_dir, methods="greedy")
+    paths = records.cell_paths(tmp_path, "tiny", "svamp", "greedy")
+
+    def run_on(device: dict, limit: int) -> None:
+        monkeypatch.setattr(runner.provenance, "device_info", lambda _: dict(device))
+        limited = list(argv)
+        limited[limited.index("--limit") + 1] = str(limit)
+        assert cli.main(limited) == 0
+
+    run_on(amd, 2)
+    old = [json.loads(line) for line in paths.samples.read_text().splitlines()]
+    for record in old:  # as written before records named their machine
+        del record["device"]
+    paths.samples.write_text("".join(json.dumps(r) + "\n" for r in old))
+    run_on(amd, 2)  # same machine, nothing to do: the records are left as they are
+    assert all("device" not in r for r in records.read_samples(paths))
+
+    run_on(intel, 3)
+    cell = records.read_cell(paths.json)
+    assert cell["provenance"]["devices"] == [amd, intel]
+    assert [r["device"] for r in records.read_samples(paths)] == [amd, amd, intel]
+    assert [records.record_device(r, cell) for r in records.read_samples(paths)] == [
+        amd, amd, intel]
+    # a cell already on two machines cannot tell: its unnamed records stay unnamed
+    rows = [json.loads(line) for line in paths.samples.read_text().splitlines()]
+    del rows[0]["device"]
+    paths.samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert records.lend_only_machine(paths, cell, amd) == 0
+    assert "device" not in records.read_samples(paths)[0]
+
+
 def test_portable_rewrites_known_roots_and_nothing_else():
     from lm_eval_softreason.bench.provenance import portable
 

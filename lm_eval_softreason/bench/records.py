@@ -206,6 +206,22 @@ def record_device(record: dict, cell: dict) -> dict | None:
     return machines[0] if len(machines) == 1 else None
 
 
+def lend_only_machine(paths: CellPaths, cell: dict | None, device: dict) -> int:
+    """Before a cell gains a second machine, stamp its records that name none with the cell's
+    only machine: once two are listed, ``record_device`` can no longer tell which one decoded
+    them. Call on a plain (appendable) samples file; returns how many records were stamped."""
+    machines = devices((cell or {}).get("provenance") or {})
+    if len(machines) != 1 or machines[0] == device or not paths.samples.exists():
+        return 0
+    rows, _ = _parse_lines(paths.samples.read_text(encoding="utf-8").split("\n"), paths.samples)
+    lent = [r for r in rows if not r.get("device")]
+    for record in lent:
+        record["device"] = machines[0]
+    if lent:
+        _write_atomic(paths.samples, "".join(_dumps(r) + "\n" for r in rows))
+    return len(lent)
+
+
 PLANNED_FILE = "planned.json"
 
 

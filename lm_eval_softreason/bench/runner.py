@@ -301,6 +301,8 @@ class Runner:
                 records.compress_if_large(paths)
                 records.write_cell(paths, cell)
             return cell
+        if records.lend_only_machine(paths, previous, self.device_info):
+            done = records.read_samples(paths)
         lm = self.lm(method)
         records.write_cell(paths, cell)
         from tqdm import tqdm
