@@ -184,7 +184,10 @@ def render_markdown(table: dict[str, dict[str, dict[str, dict]]]) -> str:
              "Accuracy is the mean over the first n problems ± its standard error. Costs are "
              "means per problem. Wall seconds are timed around the model's `generate_until` "
              "(same clock for every method). \"vs greedy\" divides by the `greedy` cell (else "
-             "`hf-greedy`) on the problems both ran. \"right/wrong vs greedy\": problems this "
+             "`hf-greedy`) on the problems both ran; time only on those decoded on the same CPU "
+             "class (\"(n=...)\" when fewer), and two machines of one class can still differ "
+             "in speed between sessions, so time ratios are rougher than token ratios, which "
+             "no machine changes. \"right/wrong vs greedy\": problems this "
              "method gets right and greedy wrong / the reverse, with the exact McNemar "
              "two-sided p of that split. `*`: lm-eval's `hf` returns plain text, "
              "so its tokens are the response re-tokenised.", ""]
