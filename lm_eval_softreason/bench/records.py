@@ -96,8 +96,13 @@ def prepare_for_append(paths: CellPaths) -> list[dict]:
         text = paths.samples.read_text(encoding="utf-8")
         records, torn = _parse_lines(text.split("\n"), paths.samples)
         if torn or (text and not text.endswith("\n")):
-            _write_atomic(paths.samples, "".join(_dumps(r) + "\n" for r in records))
+            _rewrite_samples(paths, records)
     return read_samples(paths)
+
+
+def _rewrite_samples(paths: CellPaths, rows: list[dict]) -> None:
+    """Replace the plain samples file with ``rows``, atomically (a kill keeps the old file)."""
+    _write_atomic(paths.samples, "".join(_dumps(r) + "\n" for r in rows))
 
 
 def append_sample(paths: CellPaths, record: dict) -> None:
@@ -218,7 +223,7 @@ def lend_only_machine(paths: CellPaths, cell: dict | None, device: dict) -> int:
     for record in lent:
         record["device"] = machines[0]
     if lent:
-        _write_atomic(paths.samples, "".join(_dumps(r) + "\n" for r in rows))
+        _rewrite_samples(paths, rows)
     return len(lent)
 
 
