@@ -399,12 +399,35 @@ def test_numbered_methods_are_the_configurations_their_names_say():
     assert (cfg.search, cfg.n, cfg.temperature) == ("sc", 7, 0.6)
     assert methods.method("sc@10") is METHODS["sc@10"]  # a fixed name stays the fixed method
     budget = methods.method("sr-budget1295")
-    assert budget.model_args == {"token_budget": 1295} and budget.backend == "softreason"
+    assert budget.backend == "softreason"
     cfg = SoftReasonConfig.from_model_args(**budget.model_args)
-    assert (cfg.search, cfg.token_budget) == ("softreason", 1295)
+    # it spends the budget: every round up to max_rounds runs unless the budget stops it
+    assert (cfg.search, cfg.token_budget, cfg.min_rounds) == ("softreason", 1295, cfg.max_rounds)
     for bad in ("sc@0", "sc@", "sc@1.5", "sr-budget", "sr-budget-3", "sc@07"):
         with pytest.raises(ValueError, match=rf"unknown method '{bad}'.*sc@<N> / sr-budget<B>"):
             methods.method(bad)
+
+
+def test_sr_budget_spends_its_budget_where_the_bare_cap_stops_early():
+    import torch
+
+    from lm_eval_softreason.config import SoftReasonConfig
+    from lm_eval_softreason.search.loop import RoundOutcome, run_loop
+
+    def unanimous(x):  # every round: flat rewards, all candidates agree, 400 tokens
+        return RoundOutcome(rewards=torch.zeros(x.shape[0], dtype=torch.float64), tokens=400,
+                            stop="unanimous")
+
+    def rounds_run(model_args: dict) -> tuple[int, str, int]:
+        cfg = SoftReasonConfig.from_model_args(**model_args)
+        result = run_loop(unanimous, d=4, k=3, max_rounds=cfg.max_rounds,
+                          min_rounds=cfg.min_rounds, stop_threshold=cfg.stop_threshold,
+                          token_budget=cfg.token_budget, acquisition="random", seed=0)
+        return result.rounds, result.stop_reason, result.tokens
+
+    assert rounds_run({"token_budget": 1300}) == (1, "unanimous", 400)  # the bare cap
+    # three rounds fit 1300 at 400 each; a fourth would pass it
+    assert rounds_run(methods.method("sr-budget1300").model_args) == (3, "token_budget", 1200)
 
 
 def test_equal_token_methods_match_softreason_and_sc10_token_means():
@@ -442,8 +465,8 @@ def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path
              if line.startswith("| `")]
     assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr-budget900`"]
     assert "`softreason` vs `sc@10` (already equal): +1 / −2 (p=1)" in text  # N = 880 / 90
-    assert ("`sr-budget900` (`softreason` within `sc@10`'s mean generated tokens) against "
-            "`sc@10`: +1 / −1 (p=1).") in text
+    assert ("`sr-budget900` (`softreason` spending up to `sc@10`'s mean generated tokens, "
+            "early stops off) against `sc@10`: +1 / −1 (p=1).") in text
 
 
 def test_a_run_goes_on_to_the_equal_token_cells_its_own_cells_made_known(

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm_eval_softreason.config import SoftReasonConfig
+
 
 @dataclass(frozen=True)
 class Method:
@@ -84,6 +86,8 @@ EQUAL_TOKEN: dict[str, list[tuple[str, int]]] = {
 
 # Methods named by a number: sc@<N> samples, sr-budget<B> generated tokens per problem.
 PATTERNS = ("sc@<N>", "sr-budget<B>")
+# sr-budget<B> runs every round up to the default max_rounds; only the budget stops it sooner
+SPEND_ROUNDS = SoftReasonConfig.max_rounds
 
 
 def method(name: str) -> Method:
@@ -98,8 +102,13 @@ def method(name: str) -> Method:
                       f"self-consistency, {n} samples at T=0.6, majority vote")
     if number:
         budget = int(number.group(2))
-        return Method(name, "softreason", {"token_budget": budget},
-                      f"the full method under token_budget={budget} generated tokens per problem")
+        # Early stops off: under a bare cap the early stops still end most searches after one
+        # or two rounds (svamp test300: 157/300 stopped unanimous after round 1), so the cell
+        # would spend well under B and say nothing about softreason at sc@10's tokens.
+        return Method(name, "softreason",
+                      {"token_budget": budget, "min_rounds": SPEND_ROUNDS},
+                      f"the full method spending up to {budget} generated tokens per problem "
+                      f"(token_budget={budget}, early stops off)")
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, or "
                      f"{' / '.join(PATTERNS)} with a whole number >= 1")
 

@@ -170,7 +170,8 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
                                       for n in others) + ".", ""]
         for name in sorted(complete, key=_method_order):
             if name.startswith("sr-budget") and "sc@10" in complete:
-                lines += [f"`{name}` (`softreason` within `sc@10`'s mean generated tokens) "
+                lines += [f"`{name}` (`softreason` spending up to `sc@10`'s mean generated tokens, early "
+                          f"stops off) "
                           f"against `sc@10`: {paired_text(complete[name], complete['sc@10'])}.",
                           ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
