@@ -398,43 +398,42 @@ def test_numbered_methods_are_the_configurations_their_names_say():
     cfg = SoftReasonConfig.from_model_args(**methods.method("sc@7").model_args)
     assert (cfg.search, cfg.n, cfg.temperature) == ("sc", 7, 0.6)
     assert methods.method("sc@10") is METHODS["sc@10"]  # a fixed name stays the fixed method
-    budget = methods.method("sr-budget1295")
-    assert budget.backend == "softreason"
-    cfg = SoftReasonConfig.from_model_args(**budget.model_args)
-    # it spends the budget: every round up to max_rounds runs unless the budget stops it
-    assert (cfg.search, cfg.token_budget, cfg.min_rounds) == ("softreason", 1295, cfg.max_rounds)
-    for bad in ("sc@0", "sc@", "sc@1.5", "sr-budget", "sr-budget-3", "sc@07"):
-        with pytest.raises(ValueError, match=rf"unknown method '{bad}'.*sc@<N> / sr-budget<B>"):
+    cfg = SoftReasonConfig.from_model_args(**methods.method("sr@10").model_args)
+    assert (cfg.search, cfg.k, cfg.min_rounds, cfg.max_rounds) == ("softreason", 5, 2, 2)
+    for bad in ("sc@0", "sc@", "sc@1.5", "sr@", "sr@-3", "sc@07", "sr-budget1295"):
+        with pytest.raises(ValueError, match=rf"unknown method '{bad}'.*sc@<N> / sr@<N>"):
             methods.method(bad)
+    with pytest.raises(ValueError, match=r"'sr@12': sr@<N> needs N a multiple of k=5"):
+        methods.method("sr@12")
 
 
-def test_sr_budget_spends_its_budget_where_the_bare_cap_stops_early():
+def test_sr_at_n_runs_exactly_its_rounds_where_the_defaults_stop_early():
     import torch
 
     from lm_eval_softreason.config import SoftReasonConfig
     from lm_eval_softreason.search.loop import RoundOutcome, run_loop
 
-    def unanimous(x):  # every round: flat rewards, all candidates agree, 400 tokens
+    def unanimous(x):  # every round: flat rewards, all candidates agree
         return RoundOutcome(rewards=torch.zeros(x.shape[0], dtype=torch.float64), tokens=400,
                             stop="unanimous")
 
-    def rounds_run(model_args: dict) -> tuple[int, str, int]:
+    def rounds_run(model_args: dict) -> tuple[int, str]:
         cfg = SoftReasonConfig.from_model_args(**model_args)
-        result = run_loop(unanimous, d=4, k=3, max_rounds=cfg.max_rounds,
+        result = run_loop(unanimous, d=4, k=cfg.k, max_rounds=cfg.max_rounds,
                           min_rounds=cfg.min_rounds, stop_threshold=cfg.stop_threshold,
                           token_budget=cfg.token_budget, acquisition="random", seed=0)
-        return result.rounds, result.stop_reason, result.tokens
+        return result.rounds, result.stop_reason
 
-    assert rounds_run({"token_budget": 1300}) == (1, "unanimous", 400)  # the bare cap
-    # three rounds fit 1300 at 400 each; a fourth would pass it
-    assert rounds_run(methods.method("sr-budget1300").model_args) == (3, "token_budget", 1200)
+    assert rounds_run(methods.method("softreason").model_args) == (1, "unanimous")
+    assert rounds_run(methods.method("sr@10").model_args) == (2, "max_rounds")
+    assert rounds_run(methods.method("sr@15").model_args) == (3, "max_rounds")
 
 
 def test_equal_token_methods_match_softreason_and_sc10_token_means():
     # svamp_dev's dev cells: softreason 1,148 tokens a problem, sc@10 1,295 (129.5 a sample)
-    assert methods.equal_token_methods(1148.4, 1294.8) == ("sc@9", "sr-budget1295")
-    assert methods.equal_token_methods(100.0, 2000.0) == ("sc@1", "sr-budget2000")  # >= 1
-    assert methods.equal_token_methods(3000.0, 1000.0) == ("sc@30", "sr-budget1000")
+    assert methods.equal_token_methods(1148.4, 1294.8) == ("sc@9", "sr@10")
+    assert methods.equal_token_methods(100.0, 2000.0) == ("sc@1", "sr@10")  # >= 1
+    assert methods.equal_token_methods(3000.0, 1000.0) == ("sc@30", "sr@10")
     with pytest.raises(ValueError, match="token means must be > 0"):
         methods.equal_token_methods(0.0, 1000.0)
 
@@ -442,7 +441,7 @@ def test_equal_token_methods_match_softreason_and_sc10_token_means():
 def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path, monkeypatch):
     monkeypatch.setitem(methods.EQUAL_TOKEN, "p", [("svamp", 4)])
     assert runner.equal_token_cells(tmp_path, "m", "p") == ([], [
-        "m/svamp: the equal-token cells (sc@N, sr-budget<B>) wait for complete softreason "
+        "m/svamp: the equal-token cells (sc@N, sr@10) wait for complete softreason "
         "and sc@10 cells of 4 problems"])
     _synthetic_cell(tmp_path, "softreason", [1, 1, 0, 0], tokens=1000, n_target=4)
     _synthetic_cell(tmp_path, "sc@10", [1, 0], tokens=900, n_target=4)  # incomplete
@@ -450,23 +449,22 @@ def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path
     _synthetic_cell(tmp_path, "sc@10", [1, 0, 1, 1], tokens=900, n_target=4)
     cells, waiting = runner.equal_token_cells(tmp_path, "m", "p")
     assert [(m.name, t, n) for m, t, n in cells] == [("sc@11", "svamp", 4),
-                                                     ("sr-budget900", "svamp", 4)]
+                                                     ("sr@10", "svamp", 4)]
     assert waiting == [] and runner.equal_token_cells(tmp_path, "m", "dev") == ([], [])
-    # sc@N at N = 10 is sc@10 itself: only the budget row is new
+    # sc@N at N = 10 is sc@10 itself: only the sr@10 row is new
     _synthetic_cell(tmp_path, "softreason", [1, 1, 0, 0], tokens=880, n_target=4)
-    assert [m.name for m, _, _ in runner.equal_token_cells(tmp_path, "m", "p")[0]] == [
-        "sr-budget900"]
-    # the report puts the rows beside their kin and pairs the budget row with sc@10
+    assert [m.name for m, _, _ in runner.equal_token_cells(tmp_path, "m", "p")[0]] == ["sr@10"]
+    # the report puts the rows beside their kin and pairs sr@10 with sc@10
     _synthetic_cell(tmp_path, "sc@9", [0, 0, 1, 1], tokens=800, n_target=4)
-    _synthetic_cell(tmp_path, "sr-budget900", [1, 1, 1, 0], tokens=850, n_target=4)
+    _synthetic_cell(tmp_path, "sr@10", [1, 1, 1, 0], tokens=950, n_target=4)
     _synthetic_cell(tmp_path, "greedy", [1, 0, 0, 0], tokens=90, n_target=4)
     text = report.render_markdown(report.load_cells(tmp_path))
     order = [line.split("|")[1].strip() for line in text.split("## vs the paper")[0].splitlines()
              if line.startswith("| `")]
-    assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr-budget900`"]
+    assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr@10`"]
     assert "`softreason` vs `sc@10` (already equal): +1 / −2 (p=1)" in text  # N = 880 / 90
-    assert ("`sr-budget900` (`softreason` spending up to `sc@10`'s mean generated tokens, "
-            "early stops off) against `sc@10`: +1 / −1 (p=1).") in text
+    assert ("`sr@10` (`softreason` with `sc@10`'s 10 candidates: two rounds of 5, early stops "
+            "off) against `sc@10`: +1 / −1 (p=1).") in text
 
 
 def test_a_run_goes_on_to_the_equal_token_cells_its_own_cells_made_known(
@@ -476,7 +474,7 @@ def test_a_run_goes_on_to_the_equal_token_cells_its_own_cells_made_known(
     argv = [a for a in _argv(tiny_model_dir("llama"), tmp_path, data_dir)
             if a not in ("--methods", "hf-greedy,greedy", "--tasks", "svamp", "--limit", "3")]
     assert cli.main([*argv, "--plan", "p", "--list"]) == 0
-    assert "tiny/svamp: the equal-token cells (sc@N, sr-budget<B>) wait" in capsys.readouterr().out
+    assert "tiny/svamp: the equal-token cells (sc@N, sr@10) wait" in capsys.readouterr().out
     assert cli.main([*argv, "--plan", "p"]) == 0
     tokens = {name: records.read_cell(records.cell_paths(tmp_path, "tiny", "svamp", name).json)
               ["metrics"]["gen_tokens"] for name in ("softreason", "sc@10")}
@@ -664,12 +662,12 @@ def test_vs_paper_section_pairs_softreason_with_the_best_baseline_and_equal_toke
     svamp = rows["`svamp` (SVAMP)"]
     assert svamp[1] == "+16.7 vs `sc@10` (+1 / −0, p=1, n=6)"
     assert svamp[3:5] == ["1.000 / 1.000", "0.90x"]
-    # 900 tokens = 9 samples of sc@10's 100 each; budget = sc@10's 1000
-    assert svamp[5] == "`sc@9` not complete; `sr-budget1000` not complete"
+    # 900 tokens = 9 samples of sc@10's 100 each
+    assert svamp[5] == "`sc@9` not complete; `sr@10` not complete"
     _synthetic_cell(tmp_path, "sc@9", [0, 1, 0, 0, 1, 1], tokens=900, n_target=6)
-    _synthetic_cell(tmp_path, "sr-budget1000", [1, 1, 1, 1, 1, 1], tokens=950, n_target=6)
+    _synthetic_cell(tmp_path, "sr@10", [1, 1, 1, 1, 1, 1], tokens=950, n_target=6)
     text = report.render_markdown(report.load_cells(tmp_path))
-    assert ("`softreason` vs `sc@9`: +2 / −0 (p=0.5); `sr-budget1000` vs `sc@10`: +2 / −0 "
+    assert ("`softreason` vs `sc@9`: +2 / −0 (p=0.5); `sr@10` vs `sc@10`: +2 / −0 "
             "(p=0.5)") in text
     assert "What is comparable is the direction" in text and "results/vs_paper.md" in text
 

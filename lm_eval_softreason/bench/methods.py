@@ -78,47 +78,48 @@ PLANS: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {
 }
 
 
-# The equal-token rows of a plan, per (task, limit): sc@N at softreason's generated tokens and
-# softreason under a token_budget of sc@10's, both read from that task's complete cells.
+# The equal-token rows of a plan, per (task, limit): sc@N at softreason's generated tokens
+# (read from that task's complete cells) and sr@10, softreason with sc@10's 10 candidates.
 EQUAL_TOKEN: dict[str, list[tuple[str, int]]] = {
     "leaderboard-v2": [("svamp", 300), ("gsm8k_sr", 200), ("gsm_hard", 100), ("strategyqa", 100)],
 }
 
-# Methods named by a number: sc@<N> samples, sr-budget<B> generated tokens per problem.
-PATTERNS = ("sc@<N>", "sr-budget<B>")
-# sr-budget<B> runs every round up to the default max_rounds; only the budget stops it sooner
-SPEND_ROUNDS = SoftReasonConfig.max_rounds
+# Methods named by a number: sc@<N> samples; sr@<N> softreason candidates (N/k full rounds).
+PATTERNS = ("sc@<N>", "sr@<N>")
+K = SoftReasonConfig.k  # candidates per round, the default every sr@<N> is counted in
 
 
 def method(name: str) -> Method:
-    """The method called ``name`` (a fixed one, or ``sc@<N>`` / ``sr-budget<B>``); ValueError
-    naming the allowed ones otherwise."""
+    """The method called ``name`` (a fixed one, or ``sc@<N>`` / ``sr@<N>``); ValueError naming
+    the allowed ones otherwise."""
     if name in METHODS:
         return METHODS[name]
-    number = re.fullmatch(r"(sc@|sr-budget)([1-9][0-9]*)", name)
+    number = re.fullmatch(r"(sc@|sr@)([1-9][0-9]*)", name)
     if number and number.group(1) == "sc@":
         n = int(number.group(2))
         return Method(name, "softreason", {"search": "sc", "n": n, "temperature": 0.6},
                       f"self-consistency, {n} samples at T=0.6, majority vote")
+    if number and int(number.group(2)) % K == 0:
+        rounds = int(number.group(2)) // K
+        # Exactly sc@N's sample count, so the same tokens on every problem, not just on
+        # average: a token_budget of sc@10's mean could not get there (rounds come in fives and
+        # long-answer problems fit one), and the early stops would end most searches sooner.
+        return Method(name, "softreason", {"min_rounds": rounds, "max_rounds": rounds},
+                      f"the full method with exactly {rounds * K} candidates ({rounds} rounds "
+                      f"of {K}, early stops off)")
     if number:
-        budget = int(number.group(2))
-        # Early stops off: under a bare cap the early stops still end most searches after one
-        # or two rounds (svamp test300: 157/300 stopped unanimous after round 1), so the cell
-        # would spend well under B and say nothing about softreason at sc@10's tokens.
-        return Method(name, "softreason",
-                      {"token_budget": budget, "min_rounds": SPEND_ROUNDS},
-                      f"the full method spending up to {budget} generated tokens per problem "
-                      f"(token_budget={budget}, early stops off)")
+        raise ValueError(f"method {name!r}: sr@<N> needs N a multiple of k={K} (whole rounds)")
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, or "
                      f"{' / '.join(PATTERNS)} with a whole number >= 1")
 
 
 def equal_token_methods(softreason_tokens: float, sc10_tokens: float) -> tuple[str, str]:
-    """(``sc@N`` whose generated tokens match ``softreason``'s per-problem mean, ``sr-budget<B>``
-    with B = ``sc@10``'s per-problem mean): the two equal-token comparisons with ``sc@10``.
-    One sc sample costs about a tenth of sc@10's tokens, so N = softreason / (sc@10 / 10)."""
+    """(``sc@N`` whose generated tokens match ``softreason``'s per-problem mean, ``sr@10``):
+    the two equal-token comparisons, ``softreason`` against ``sc@N`` and ``sr@10`` against
+    ``sc@10``. One sc sample costs about a tenth of sc@10's tokens, so
+    N = softreason / (sc@10 / 10)."""
     if not (softreason_tokens > 0 and sc10_tokens > 0):
         raise ValueError(f"token means must be > 0; got softreason {softreason_tokens!r}, "
                          f"sc@10 {sc10_tokens!r}")
     n = max(1, round(softreason_tokens / (sc10_tokens / 10)))
-    return f"sc@{n}", f"sr-budget{max(1, round(sc10_tokens))}"
+    return f"sc@{n}", "sr@10"

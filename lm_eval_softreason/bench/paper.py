@@ -60,10 +60,11 @@ def _gain(sr: dict, complete: dict[str, dict]) -> str:
 
 def _equal_tokens(sr: dict, sc10: dict | None, complete: dict[str, dict]) -> str:
     """The two equal-token pairings: ``softreason`` against ``sc@N`` at its own token mean, and
-    ``sr-budget<B>`` (B = ``sc@10``'s mean) against ``sc@10``; says which cell is missing."""
+    ``sr@10`` (softreason with sc@10's sample count) against ``sc@10``; says which cell is
+    missing."""
     if sc10 is None:
         return "needs `sc@10`"
-    sc_n, budget = equal_token_methods(sr["metrics"]["gen_tokens"], sc10["metrics"]["gen_tokens"])
+    sc_n, sr_n = equal_token_methods(sr["metrics"]["gen_tokens"], sc10["metrics"]["gen_tokens"])
     parts = []
     if sc_n == "sc@10":
         parts.append(f"`softreason` vs `sc@10` (already equal): {paired_text(sr, sc10)}")
@@ -71,10 +72,10 @@ def _equal_tokens(sr: dict, sc10: dict | None, complete: dict[str, dict]) -> str
         parts.append(f"`softreason` vs `{sc_n}`: {paired_text(sr, complete[sc_n])}")
     else:
         parts.append(f"`{sc_n}` not complete")
-    if budget in complete:
-        parts.append(f"`{budget}` vs `sc@10`: {paired_text(complete[budget], sc10)}")
+    if sr_n in complete:
+        parts.append(f"`{sr_n}` vs `sc@10`: {paired_text(complete[sr_n], sc10)}")
     else:
-        parts.append(f"`{budget}` not complete")
+        parts.append(f"`{sr_n}` not complete")
     return "; ".join(parts)
 
 

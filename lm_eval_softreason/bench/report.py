@@ -35,12 +35,12 @@ ENGINE_ARGS = ("preset", "backend", "cpu_linear", "batch_size")  # named on each
 
 
 def _method_order(name: str) -> tuple[int, bool, str]:
-    """METHODS order; an ``sc@<N>`` row next to ``sc@10``, an ``sr-budget<B>`` row next to
+    """METHODS order; an ``sc@<N>`` row next to ``sc@10``, an ``sr@<N>`` row next to
     ``softreason``, anything else last."""
     order = list(METHODS)
     base = name if name in order else (
         "sc@10" if name.startswith("sc@") else
-        "softreason" if name.startswith("sr-budget") else None)
+        "softreason" if name.startswith("sr@") else None)
     return (order.index(base) if base else len(order), name != base, name)
 
 
@@ -168,12 +168,10 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
                           "`softreason` / right only with the other, exact McNemar p): "
                           + "; ".join(f"`{n}` {paired_text(complete['softreason'], complete[n])}"
                                       for n in others) + ".", ""]
-        for name in sorted(complete, key=_method_order):
-            if name.startswith("sr-budget") and "sc@10" in complete:
-                lines += [f"`{name}` (`softreason` spending up to `sc@10`'s mean generated tokens, early "
-                          f"stops off) "
-                          f"against `sc@10`: {paired_text(complete[name], complete['sc@10'])}.",
-                          ""]
+        if "sr@10" in complete and "sc@10" in complete:
+            lines += ["`sr@10` (`softreason` with `sc@10`'s 10 candidates: two rounds of 5, "
+                      "early stops off) against `sc@10`: "
+                      f"{paired_text(complete['sr@10'], complete['sc@10'])}.", ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
 

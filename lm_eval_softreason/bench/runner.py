@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{k}: " + ", ".join(f"{'+'.join(m)} on {'+'.join(t)} x{n}"
                                                          for m, t, n in v)
                         + ("" if k not in methods_mod.EQUAL_TOKEN else
-                           ", then equal-token sc@N+sr-budget<B> on " + ", ".join(
+                           ", then equal-token sc@N+sr@10 on " + ", ".join(
                                f"{t} x{n}" for t, n in methods_mod.EQUAL_TOKEN[k]))
                                     for k, v in methods_mod.PLANS.items()))
     model = p.add_mutually_exclusive_group()
@@ -536,7 +536,7 @@ def equal_token_cells(results_dir: Path, label: str, plan: str | None,
             if cell.get("complete") and cell.get("n_target") == limit:
                 means[name] = cell["metrics"]["gen_tokens"]
         if len(means) < 2:
-            waiting.append(f"{label}/{task}: the equal-token cells (sc@N, sr-budget<B>) wait "
+            waiting.append(f"{label}/{task}: the equal-token cells (sc@N, sr@10) wait "
                            f"for complete softreason and sc@10 cells of {limit} problems")
             continue
         names = methods_mod.equal_token_methods(means["softreason"], means["sc@10"])
