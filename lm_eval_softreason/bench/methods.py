@@ -101,7 +101,7 @@ def method(name: str) -> Method:
                       f"self-consistency, {n} samples at T=0.6, majority vote")
     if number and int(number.group(2)) % K == 0:
         rounds = int(number.group(2)) // K
-        # Exactly sc@N's sample count, so the same tokens on every problem, not just on
+        # Exactly sc@N's sample count, so about sc@N's tokens on every problem, not just on
         # average: a token_budget of sc@10's mean could not get there (rounds come in fives and
         # long-answer problems fit one), and the early stops would end most searches sooner.
         return Method(name, "softreason", {"min_rounds": rounds, "max_rounds": rounds},
