@@ -84,6 +84,10 @@ EQUAL_TOKEN: dict[str, list[tuple[str, int]]] = {
     "leaderboard-v2": [("svamp", 300), ("gsm8k_sr", 200), ("gsm_hard", 100), ("strategyqa", 100)],
 }
 
+# The equal-token row against sc@10: softreason with sc@10's sample count (one name, used by
+# the planner and the report alike).
+SR_AT_SC10 = "sr@10"
+
 # Methods named by a number: sc@<N> samples; sr@<N> softreason candidates (N/k full rounds).
 PATTERNS = ("sc@<N>", "sr@<N>")
 K = SoftReasonConfig.k  # candidates per round, the default every sr@<N> is counted in
@@ -122,4 +126,4 @@ def equal_token_methods(softreason_tokens: float, sc10_tokens: float) -> tuple[s
         raise ValueError(f"token means must be > 0; got softreason {softreason_tokens!r}, "
                          f"sc@10 {sc10_tokens!r}")
     n = max(1, round(softreason_tokens / (sc10_tokens / 10)))
-    return f"sc@{n}", "sr@10"
+    return f"sc@{n}", SR_AT_SC10

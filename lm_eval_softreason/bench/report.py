@@ -24,7 +24,7 @@ from typing import Any
 
 from . import provenance, records
 from .compare import answer_agreement, paired_text, relative_cost, shared_ids
-from .methods import METHODS
+from .methods import METHODS, SR_AT_SC10
 from .paper import paper_section
 
 HEADER = ("method", "accuracy", "n", "coverage", "gen tokens / problem", "candidates / problem",
@@ -168,10 +168,10 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
                           "`softreason` / right only with the other, exact McNemar p): "
                           + "; ".join(f"`{n}` {paired_text(complete['softreason'], complete[n])}"
                                       for n in others) + ".", ""]
-        if "sr@10" in complete and "sc@10" in complete:
-            lines += ["`sr@10` (`softreason` with `sc@10`'s 10 candidates: two rounds of 5, "
-                      "early stops off) against `sc@10`: "
-                      f"{paired_text(complete['sr@10'], complete['sc@10'])}.", ""]
+        if SR_AT_SC10 in complete and "sc@10" in complete:
+            lines += [f"`{SR_AT_SC10}` (`softreason` with `sc@10`'s 10 candidates: two rounds "
+                      "of 5, early stops off) against `sc@10`: "
+                      f"{paired_text(complete[SR_AT_SC10], complete['sc@10'])}.", ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
 
