@@ -360,6 +360,19 @@ def test_a_runs_trace_dir_is_recorded_without_its_machine_path(tmp_path):
         "command": "batch_size=10,trace_dir=$TRACE_DIR", "trace_dir": "$TRACE_DIR"}
 
 
+def test_a_data_dir_behind_a_symlink_is_recorded_without_either_machine_path(tmp_path):
+    from lm_eval_softreason.bench.provenance import path_roots, portable
+
+    real = tmp_path / "disk" / "data"
+    real.mkdir(parents=True)
+    link = tmp_path / "shared"
+    link.symlink_to(real.parent)
+    roots = path_roots(str(link / "data"))
+    record = {"command": f"--data-dir {link / 'data'}", "file": str(real / "svamp.json")}
+    assert portable(record, roots) == {"command": "--data-dir $LM_EVAL_SOFTREASON_DATA",
+                                       "file": "$LM_EVAL_SOFTREASON_DATA/svamp.json"}
+
+
 def test_every_method_is_a_valid_configuration_that_does_what_its_name_says():
     from lm_eval_softreason.config import SoftReasonConfig
 

@@ -115,12 +115,18 @@ def path_roots(data_dir: str | None = None,
     ``.``, the home directory as ``~``. Most specific first."""
     from ..wheels import cache_dir
 
+    def both_forms(path: str | Path, name: str) -> list[tuple[str, str]]:
+        # as given (absolute) and resolved: a directory reached through a symlink appears
+        # in a command line one way and in resolved file paths the other
+        return [(form, name) for form in dict.fromkeys(
+            (str(Path(path).absolute()), str(Path(path).resolve())))]
+
     roots = []
     if data_dir:
-        roots.append((str(Path(data_dir).resolve()), "$LM_EVAL_SOFTREASON_DATA"))
+        roots += both_forms(data_dir, "$LM_EVAL_SOFTREASON_DATA")
     if trace_dir:
-        roots.append((str(Path(trace_dir).resolve()), "$TRACE_DIR"))
-    roots.append((str(cache_dir().resolve()), "$LM_EVAL_SOFTREASON_CACHE"))
+        roots += both_forms(trace_dir, "$TRACE_DIR")
+    roots += both_forms(cache_dir(), "$LM_EVAL_SOFTREASON_CACHE")
     if (PACKAGE_ROOT / ".git").exists():  # a checkout; an installed package keeps its paths
         roots.append((str(PACKAGE_ROOT), "."))
     roots.append((str(Path.home()), "~"))
