@@ -586,7 +586,7 @@ def cell_device(results: Path, method: str) -> dict:
 
 def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float, n_target: int,
                     seconds: float = 1.0, source: str = "engine", task: str = "svamp",
-                    model_args: dict | None = None) -> None:
+                    model_args: dict | None = None, device: dict | None = None) -> None:
     paths = records.cell_paths(results, "m", task, method)
     rows = [{"doc_id": i, "acc": a, "coverage": 1.0, "answer": str(i), "gen_tokens": tokens,
              "candidates": 5.0, "rounds": 2.0, "generate_s": seconds, "gen_tokens_source": source}
@@ -599,8 +599,20 @@ def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float
         "n_done": len(rows),
         "metrics": records.aggregate(rows), "model_identity": {"pretrained": "some/model"},
         "settings": {"model_args": {"dtype": "bfloat16"}},
-        "provenance": {"device": {"device": "cpu"}, "git": {"commit": "abc"}},
+        "provenance": {"device": device or {"device": "cpu"}, "git": {"commit": "abc"}},
         "eval": {"apply_chat_template": True}})
+
+
+def test_pareto_title_names_every_machine_class_and_a_smaller_point_says_its_n(tmp_path):
+    amd = {"device": "cpu", "cpu": "AMD EPYC", "cpu_class": "AVX2", "cpu_count": 2}
+    intel = {"device": "cpu", "cpu": "Intel Xeon", "cpu_class": "AVX512-BF16", "cpu_count": 2}
+    _synthetic_cell(tmp_path, "greedy", [1, 0, 1, 0], tokens=100, n_target=4, device=amd)
+    _synthetic_cell(tmp_path, "sc@8", [1, 1, 0], tokens=800, n_target=3, device=intel)
+    _synthetic_cell(tmp_path, "sc@10", [1, 0], tokens=900, n_target=4, device=intel)  # unfinished
+    title, labels = report.plot_labels("svamp", "m", report.load_cells(tmp_path)["svamp"]["m"])
+    assert title.startswith("svamp: m, n=4\n")
+    assert "AMD EPYC, AVX2" in title and "Intel Xeon, AVX512-BF16" in title
+    assert labels == {"greedy": "greedy", "sc@8": "sc@8 (n=3)"}  # incomplete cells unplotted
 
 
 def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):

@@ -109,6 +109,32 @@ def table_rows(cells: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def _machines(cells: dict[str, dict]) -> list[str]:
+    """Every machine that wrote any of these cells, in first-seen order."""
+    machines: list[str] = []
+    for c in cells.values():
+        for d in records.devices(c.get("provenance") or {}):
+            text = provenance.describe_device(d)
+            if text not in machines:
+                machines.append(text)
+    return machines
+
+
+def plot_labels(task: str, model: str, cells: dict[str, dict]) -> tuple[str, dict[str, str]]:
+    """The Pareto panel's title (task, model and every machine class behind its points) and
+    one label per plotted method; a point on fewer problems than the panel's largest cell
+    says its n, so points on different problem sets are not read as one comparison."""
+    plotted = {name: c for name, c in cells.items()
+               if c["complete"] and c["metrics"].get("acc") is not None
+               and c["metrics"].get("gen_tokens")}
+    top = max((c["metrics"]["n"] for c in plotted.values()), default=0)
+    labels = {name: name + (f" (n={c['metrics']['n']})" if c["metrics"]["n"] < top else "")
+              for name, c in plotted.items()}
+    machines = _machines({n: c for n, c in cells.items() if "provenance" in c})
+    title = f"{task}: {model}" + (f", n={top}" if top else "")
+    return "\n".join([title, *machines]), labels  # one machine a line: a wrap would split one
+
+
 def _model_line(cells: dict[str, dict]) -> str:
     cells = {name: c for name, c in cells.items() if "provenance" in c}  # skip never-started
     if not cells:
@@ -119,12 +145,7 @@ def _model_line(cells: dict[str, dict]) -> str:
     dtypes = sorted({str((c.get("settings") or {}).get("model_args", {}).get("dtype"))
                      for c in cells.values()})
     prov = any_cell.get("provenance") or {}
-    machines = []  # every machine that wrote any of these cells, in first-seen order
-    for c in cells.values():
-        for d in records.devices(c.get("provenance") or {}):
-            text = provenance.describe_device(d)
-            if text not in machines:
-                machines.append(text)
+    machines = _machines(cells)
     commits = sorted({git.get("commit", "?")[:10] for c in cells.values()
                       for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
@@ -232,15 +253,13 @@ def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Pat
     names = sorted(models)
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, model in zip(axes[0], names):
+        title, labels = plot_labels(task, model, models[model])
         plotted = 0  # labels step down in turn: coinciding points (greedy, hf-greedy) stay legible
-        for method in sorted(models[model], key=_method_order):
-            cell = models[model][method]
-            m = cell["metrics"]
-            if not cell["complete"] or m.get("acc") is None or not m.get("gen_tokens"):
-                continue
+        for method in sorted(labels, key=_method_order):
+            m = models[model][method]["metrics"]
             ax.errorbar(m["gen_tokens"], m["acc"], yerr=m.get("acc_stderr") or 0, fmt="o",
                         capsize=3)
-            ax.annotate(method, (m["gen_tokens"], m["acc"]), textcoords="offset points",
+            ax.annotate(labels[method], (m["gen_tokens"], m["acc"]), textcoords="offset points",
                         xytext=(6, 4 - 10 * (plotted % 3)), fontsize=8)
             plotted += 1
         if plotted:  # log x, labelled 100, 200, 500, 1,000 ...: mantissa labels overlap
@@ -250,7 +269,7 @@ def plot_pareto(task: str, models: dict[str, dict[str, dict]], out: Path) -> Pat
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("generated tokens per problem")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"{task}: {model}")
+        ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
