@@ -586,7 +586,8 @@ def cell_device(results: Path, method: str) -> dict:
 
 def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float, n_target: int,
                     seconds: float = 1.0, source: str = "engine", task: str = "svamp",
-                    model_args: dict | None = None, device: dict | None = None) -> None:
+                    model_args: dict | None = None, device: dict | None = None,
+                    provenance: dict | None = None) -> None:
     paths = records.cell_paths(results, "m", task, method)
     rows = [{"doc_id": i, "acc": a, "coverage": 1.0, "answer": str(i), "gen_tokens": tokens,
              "candidates": 5.0, "rounds": 2.0, "generate_s": seconds, "gen_tokens_source": source}
@@ -599,7 +600,8 @@ def _synthetic_cell(results: Path, method: str, accs: list[float], tokens: float
         "n_done": len(rows),
         "metrics": records.aggregate(rows), "model_identity": {"pretrained": "some/model"},
         "settings": {"model_args": {"dtype": "bfloat16"}},
-        "provenance": {"device": device or {"device": "cpu"}, "git": {"commit": "abc"}},
+        "provenance": {"device": device or {"device": "cpu"}, "git": {"commit": "abc"},
+                       **(provenance or {})},
         "eval": {"apply_chat_template": True}})
 
 
@@ -613,6 +615,26 @@ def test_pareto_title_names_every_machine_class_and_a_smaller_point_says_its_n(t
     assert title.startswith("svamp: m, n=4\n")
     assert "AMD EPYC, AVX2" in title and "Intel Xeon, AVX512-BF16" in title
     assert labels == {"greedy": "greedy", "sc@8": "sc@8 (n=3)"}  # incomplete cells unplotted
+
+
+def test_setup_line_counts_many_commits_names_first_and_latest_and_flags_dirty_runs(tmp_path):
+    def runs(*names, dirty=()):
+        return [{"commit": n * 40, "dirty": n in dirty} for n in names]
+    _synthetic_cell(tmp_path, "greedy", [1, 0], tokens=100, n_target=2, provenance={
+        "git_commits": runs("a", "b"), "started": "2026-01-01", "updated": "2026-01-02"})
+    _synthetic_cell(tmp_path, "sc@10", [1, 1], tokens=900, n_target=2, provenance={
+        "git_commits": runs("b", "c", "d", "e", dirty="d"), "started": "2026-01-02",
+        "updated": "2026-01-09"})
+    _synthetic_cell(tmp_path, "softreason", [1, 1], tokens=900, n_target=2, provenance={
+        "git_commits": runs("c", "f"), "started": "2026-01-03", "updated": "2026-01-05"})
+    text = report.render_markdown(report.load_cells(tmp_path))
+    assert ("; 6 commits, first aaaaaaaaaa, latest eeeeeeeeee (1 of them with uncommitted "
+            "package changes: dddddddddd)") in text
+    few = tmp_path / "few"
+    _synthetic_cell(few, "greedy", [1, 0], tokens=100, n_target=2, provenance={
+        "git_commits": runs("a", "b"), "started": "2026-01-01", "updated": "2026-01-02"})
+    text = report.render_markdown(report.load_cells(few))
+    assert "; commit aaaaaaaaaa, bbbbbbbbbb" in text and "uncommitted" not in text
 
 
 def test_report_renders_rows_ratios_incomplete_cells_and_png(tmp_path):

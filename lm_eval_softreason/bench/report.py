@@ -135,6 +135,26 @@ def plot_labels(task: str, model: str, cells: dict[str, dict]) -> tuple[str, dic
     return "\n".join([title, *machines]), labels  # one machine a line: a wrap would split one
 
 
+def _commits_text(cells: dict[str, dict]) -> str:
+    """The commits whose runs wrote these cells: all of them when few, else how many and the
+    first and latest (each cell lists every one); runs from a checkout whose package or tasks
+    differed from its commit are named, since their code is not that commit's."""
+    by_start = sorted(cells.values(), key=lambda c: str(c["provenance"].get("started") or ""))
+    runs = [g for c in by_start for g in records.git_commits(c["provenance"])]
+    commits = list(dict.fromkeys(g.get("commit", "?")[:10] for g in runs))
+    if not commits:
+        return "commit ?"
+    latest = max(cells.values(), key=lambda c: str(c["provenance"].get("updated") or ""))
+    last = (records.git_commits(latest["provenance"]) or [{}])[-1].get("commit", "?")[:10]
+    text = (f"commit {', '.join(commits)}" if len(commits) <= 3 else
+            f"{len(commits)} commits, first {commits[0]}, latest {last}")
+    dirty = list(dict.fromkeys(g.get("commit", "?")[:10] for g in runs if g.get("dirty")))
+    if dirty:
+        text += (f" ({len(dirty)} of them with uncommitted package changes: "
+                 f"{', '.join(dirty)})")
+    return text
+
+
 def _model_line(cells: dict[str, dict]) -> str:
     cells = {name: c for name, c in cells.items() if "provenance" in c}  # skip never-started
     if not cells:
@@ -146,8 +166,6 @@ def _model_line(cells: dict[str, dict]) -> str:
                      for c in cells.values()})
     prov = any_cell.get("provenance") or {}
     machines = _machines(cells)
-    commits = sorted({git.get("commit", "?")[:10] for c in cells.values()
-                      for git in records.git_commits(c.get("provenance") or {}) or [{}]})
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
     engine = []  # the run-wide model_args (search keys differ per method and are in each cell)
@@ -160,7 +178,7 @@ def _model_line(cells: dict[str, dict]) -> str:
             f"{shots}-shot, chat template {'on' if chat else 'off'}; "
             f"model_args {', '.join(engine) or '?'}; "
             f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
-            f"{prov.get('versions', {}).get('transformers', '?')}; commit {', '.join(commits)}")
+            f"{prov.get('versions', {}).get('transformers', '?')}; {_commits_text(cells)}")
 
 
 def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##",
