@@ -477,7 +477,23 @@ def test_a_plan_adds_its_equal_token_cells_once_their_token_means_exist(tmp_path
     assert order == ["`greedy`", "`sc@10`", "`sc@9`", "`softreason`", "`sr@10`"]
     assert "`softreason` vs `sc@10` (already equal): +1 / −2 (p=1)" in text  # N = 880 / 90
     assert ("`sr@10` (`softreason` with `sc@10`'s 10 candidates: two rounds of 5, early stops "
-            "off) against `sc@10`: +1 / −1 (p=1).") in text
+            "off) against `sc@10`: +1 / −1 (p=1), +0.0 points (95% CI −69.3 to +69.3).") in text
+
+
+def test_paired_interval_is_the_paired_wald_interval_and_the_report_prints_it(tmp_path):
+    # svamp test300, softreason against sc@8: 12 right only with softreason, 22 only with sc@8
+    diff, low, high = compare.paired_interval(12, 22, 300)
+    assert diff == pytest.approx(-10 / 300)
+    assert (high - low) / 2 == pytest.approx(1.959964 * (34 / 300 - (10 / 300) ** 2) ** 0.5
+                                              / 300 ** 0.5)
+    assert compare.paired_interval(0, 0, 5) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="n=0"):
+        compare.paired_interval(0, 0, 0)
+    _synthetic_cell(tmp_path, "softreason", [1, 1, 1, 0], tokens=900, n_target=4)
+    _synthetic_cell(tmp_path, "sc@10", [0, 0, 1, 1], tokens=900, n_target=4)
+    text = report.render_markdown(report.load_cells(tmp_path))
+    # +2 / −1 on 4: +25 points, half-width 1.96 * sqrt((3/4 - 1/16) / 4) = 0.8126 -> 81.3
+    assert "`sc@10` +2 / −1 (p=1), +25.0 points (95% CI −56.3 to +106.3)." in text
 
 
 def test_a_run_goes_on_to_the_equal_token_cells_its_own_cells_made_known(
@@ -672,7 +688,8 @@ def test_paired_split_and_exact_mcnemar_p(tmp_path):
     a_only, b_only, _, p = compare.paired(cells["softreason"], cells["sc@10"])
     assert (a_only, b_only) == (0, 2) and p == pytest.approx(0.5)
     text = report.render_markdown(report.load_cells(tmp_path))
-    assert "`sc@10` +0 / −2 (p=0.5); `random` +8 / −0 (p=0.0078)." in text
+    assert ("`sc@10` +0 / −2 (p=0.5), −13.3 points (95% CI −30.5 to +3.9); "
+            "`random` +8 / −0 (p=0.0078), +53.3 points (95% CI +28.1 to +78.6).") in text
 
 
 def test_setup_line_names_the_run_wide_model_args(tmp_path):

@@ -7,6 +7,8 @@ builds them); nothing here reads files, so ``report`` and ``paper`` can both use
 
 from __future__ import annotations
 
+import math
+
 from . import records
 from .provenance import describe_device
 
@@ -65,7 +67,28 @@ def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
     return a_only, b_only, len(shared), exact_mcnemar(a_only, b_only)
 
 
-def paired_text(a: dict, b: dict) -> str:
-    """``+a_only / −b_only (p=...)``: the split of :func:`paired`, as the tables print it."""
-    a_only, b_only, _, p = paired(a, b)
-    return f"+{a_only} / −{b_only} (p={p:.2g})"
+def paired_interval(a_only: int, b_only: int, n: int, level: float = 0.95
+                    ) -> tuple[float, float, float]:
+    """(difference in accuracy a − b, low, high): the paired Wald interval from the discordant
+    counts on ``n`` shared problems. A p-value says whether a gap is visible; the interval says
+    which gaps the sample rules out, which is what "does not beat" needs."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        raise ValueError(f"paired_interval needs at least one shared problem, got n={n}")
+    diff = (a_only - b_only) / n
+    half = norm.ppf(0.5 + level / 2) * math.sqrt(max((a_only + b_only) / n - diff ** 2, 0.0) / n)
+    return diff, diff - half, diff + half
+
+
+def paired_text(a: dict, b: dict, interval: bool = False) -> str:
+    """``+a_only / −b_only (p=...)``: the split of :func:`paired`, as the tables print it; with
+    ``interval``, also the difference in points and its 95% paired interval."""
+    a_only, b_only, n, p = paired(a, b)
+    text = f"+{a_only} / −{b_only} (p={p:.2g})"
+    if interval and n:
+        diff, low, high = paired_interval(a_only, b_only, n)
+        def signed(x: float) -> str:  # the tables' minus sign, as in "+3 / −5"
+            return f"{100 * x:+.1f}".replace("-", "−")
+        text += f", {signed(diff)} points (95% CI {signed(low)} to {signed(high)})"
+    return text

@@ -204,13 +204,15 @@ def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##
                       if n not in ("softreason", "greedy", "hf-greedy")]
             if others:
                 lines += ["`softreason` paired against, on the same problems (right only with "
-                          "`softreason` / right only with the other, exact McNemar p): "
-                          + "; ".join(f"`{n}` {paired_text(complete['softreason'], complete[n])}"
+                          "`softreason` / right only with the other, exact McNemar p; accuracy "
+                          "difference with its 95% paired Wald interval): "
+                          + "; ".join(f"`{n}` "
+                                      f"{paired_text(complete['softreason'], complete[n], True)}"
                                       for n in others) + ".", ""]
         if SR_AT_SC10 in complete and "sc@10" in complete:
             lines += [f"`{SR_AT_SC10}` (`softreason` with `sc@10`'s 10 candidates: two rounds "
                       "of 5, early stops off) against `sc@10`: "
-                      f"{paired_text(complete[SR_AT_SC10], complete['sc@10'])}.", ""]
+                      f"{paired_text(complete[SR_AT_SC10], complete['sc@10'], True)}.", ""]
     lines += [f"![accuracy vs tokens, {task}]({image_dir}pareto_{task}.png)", ""]
     return lines
 
