@@ -67,6 +67,11 @@ def paired(a: dict, b: dict) -> tuple[int, int, int, float]:
     return a_only, b_only, len(shared), exact_mcnemar(a_only, b_only)
 
 
+def signed_points(points: float) -> str:
+    """``+3.3`` / ``−3.3``: a difference in points with the tables' minus sign (as in "+3 / −5")."""
+    return f"{points:+.1f}".replace("-", "−")
+
+
 def paired_interval(a_only: int, b_only: int, n: int, level: float = 0.95
                     ) -> tuple[float, float, float]:
     """(difference in accuracy a − b, low, high): the paired Wald interval from the discordant
@@ -88,7 +93,6 @@ def paired_text(a: dict, b: dict, interval: bool = False) -> str:
     text = f"+{a_only} / −{b_only} (p={p:.2g})"
     if interval and n:
         diff, low, high = paired_interval(a_only, b_only, n)
-        def signed(x: float) -> str:  # the tables' minus sign, as in "+3 / −5"
-            return f"{100 * x:+.1f}".replace("-", "−")
-        text += f", {signed(diff)} points (95% CI {signed(low)} to {signed(high)})"
+        text += (f", {signed_points(100 * diff)} points (95% CI {signed_points(100 * low)} "
+                 f"to {signed_points(100 * high)})")
     return text

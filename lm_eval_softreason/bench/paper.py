@@ -9,7 +9,7 @@ the report: gains are paired on the problems both cells ran.
 
 from __future__ import annotations
 
-from .compare import paired, paired_text, relative_cost
+from .compare import paired, paired_text, relative_cost, signed_points
 from .methods import equal_token_methods
 
 # our task -> the paper's benchmark name
@@ -54,8 +54,7 @@ def _gain(sr: dict, complete: dict[str, dict]) -> str:
     if best is None:
         return "no complete baseline"
     name, diff, a_only, b_only, n, p = best
-    signed = f"{diff:+.1f}".replace("-", "−")  # the tables' minus sign
-    return f"{signed} vs `{name}` (+{a_only} / −{b_only}, p={p:.2g}, n={n})"
+    return f"{signed_points(diff)} vs `{name}` (+{a_only} / −{b_only}, p={p:.2g}, n={n})"
 
 
 def _equal_tokens(sr: dict, sc10: dict | None, complete: dict[str, dict]) -> str:
