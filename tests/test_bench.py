@@ -728,11 +728,12 @@ def test_vs_paper_section_pairs_softreason_with_the_best_baseline_and_equal_toke
     assert svamp[3:5] == ["1.000 / 1.000", "0.90x"]
     # 900 tokens = 9 samples of sc@10's 100 each
     assert svamp[5] == "`sc@9` not complete; `sr@10` not complete"
-    _synthetic_cell(tmp_path, "sc@9", [0, 1, 0, 0, 1, 1], tokens=900, n_target=6)
+    # sc@9 has run its first 4 problems so far: the pairing says n=4, not the row's 6
+    _synthetic_cell(tmp_path, "sc@9", [0, 1, 0, 0], tokens=900, n_target=4)
     _synthetic_cell(tmp_path, "sr@10", [1, 1, 1, 1, 1, 1], tokens=950, n_target=6)
     text = report.render_markdown(report.load_cells(tmp_path))
-    assert ("`softreason` vs `sc@9`: +2 / −0 (p=0.5); `sr@10` vs `sc@10`: +2 / −0 "
-            "(p=0.5)") in text
+    assert ("`softreason` vs `sc@9`: +2 / −0 (p=0.5), n=4; `sr@10` vs `sc@10`: +2 / −0 "
+            "(p=0.5), n=6") in text
     assert "What is comparable is the direction" in text and "results/vs_paper.md" in text
 
 

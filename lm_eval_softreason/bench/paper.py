@@ -57,22 +57,28 @@ def _gain(sr: dict, complete: dict[str, dict]) -> str:
     return f"{signed_points(diff)} vs `{name}` (+{a_only} / −{b_only}, p={p:.2g}, n={n})"
 
 
+def _with_n(a: dict, b: dict) -> str:
+    """:func:`paired_text` plus the number of problems both cells ran."""
+    return f"{paired_text(a, b)}, n={paired(a, b)[2]}"
+
+
 def _equal_tokens(sr: dict, sc10: dict | None, complete: dict[str, dict]) -> str:
     """The two equal-token pairings: ``softreason`` against ``sc@N`` at its own token mean, and
-    ``sr@10`` (softreason with sc@10's sample count) against ``sc@10``; says which cell is
-    missing."""
+    ``sr@10`` (softreason with sc@10's sample count) against ``sc@10``, each with the n of
+    problems paired (the equal-token cells fill in later, so n can be below the row's); says
+    which cell is missing."""
     if sc10 is None:
         return "needs `sc@10`"
     sc_n, sr_n = equal_token_methods(sr["metrics"]["gen_tokens"], sc10["metrics"]["gen_tokens"])
     parts = []
     if sc_n == "sc@10":
-        parts.append(f"`softreason` vs `sc@10` (already equal): {paired_text(sr, sc10)}")
+        parts.append(f"`softreason` vs `sc@10` (already equal): {_with_n(sr, sc10)}")
     elif sc_n in complete:
-        parts.append(f"`softreason` vs `{sc_n}`: {paired_text(sr, complete[sc_n])}")
+        parts.append(f"`softreason` vs `{sc_n}`: {_with_n(sr, complete[sc_n])}")
     else:
         parts.append(f"`{sc_n}` not complete")
     if sr_n in complete:
-        parts.append(f"`{sr_n}` vs `sc@10`: {paired_text(complete[sr_n], sc10)}")
+        parts.append(f"`{sr_n}` vs `sc@10`: {_with_n(complete[sr_n], sc10)}")
     else:
         parts.append(f"`{sr_n}` not complete")
     return "; ".join(parts)
