@@ -301,6 +301,32 @@ def test_resumed_cell_keeps_every_machine_that_wrote_it(tiny_model_dir, tmp_path
     assert "cpu (AMD EPYC, AVX2, 2 cores) and cpu (Intel Xeon, AVX512, 2 cores)" in line
 
 
+def test_resumed_cell_keeps_every_library_version_that_wrote_it(tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """A fresh environment can pick up a newer transformers between two chunks of one cell; the
+    cell keeps both version sets and the table header names both, not one cell's latest."""
+    run = runner.Runner(runner.model_spec(pretrained=str(tiny_model_dir("llama"))),
+                        runner.Options(results_dir=tmp_path))
+    old_libs = {"torch": "2.13.0+cpu", "transformers": "5.24.0"}
+    new_libs = {"torch": "2.13.0+cpu", "transformers": "5.25.0"}
+    monkeypatch.setattr(runner.provenance, "versions", lambda: dict(new_libs))
+    settings = run.settings(METHODS["greedy"], "svamp")
+    old = {"provenance": {"versions": old_libs, "started": "2026-12-03T10:00:00+00:00"}}
+    cell = run._cell_json(old, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert cell["provenance"]["versions_seen"] == [old_libs, new_libs]
+    assert cell["provenance"]["versions"] == new_libs  # the last run's, as before
+    again = run._cell_json(cell, METHODS["greedy"], "svamp", 2, [0, 1], [], settings, "h", None)
+    assert again["provenance"]["versions_seen"] == [old_libs, new_libs]
+    line = report._model_line({"greedy": again})
+    assert "torch 2.13.0+cpu, transformers 5.24.0 and 5.25.0;" in line
+    # two cells, each on one release: the header names both, the older first
+    later = {**again, "provenance": {**again["provenance"], "versions_seen": [new_libs],
+                                     "started": "2026-12-04T10:00:00+00:00"}}
+    first = {**again, "provenance": {**again["provenance"], "versions_seen": [old_libs]}}
+    assert "transformers 5.24.0 and 5.25.0;" in report._model_line({"b": later, "a": first})
+    assert "transformers 5.24.0;" in report._model_line({"a": first})
+
+
 def test_a_cell_resumed_on_another_machine_first_stamps_its_old_records(
         tiny_model_dir, data_dir, tmp_path, monkeypatch):
     """Records from before per-record devices borrow the cell's only machine; once a resumed

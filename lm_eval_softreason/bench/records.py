@@ -202,6 +202,13 @@ def devices(prov: dict) -> list[dict]:
     return [d for d in (prov.get("devices") or [prov.get("device")]) if d]
 
 
+def library_versions(prov: dict) -> list[dict]:
+    """Every set of library versions a run that wrote a cell used: a fresh environment can pick
+    up a newer transformers between chunks (cells from before ``versions_seen`` recorded only
+    the last run's ``versions``, so an earlier chunk's are unknown)."""
+    return [v for v in (prov.get("versions_seen") or [prov.get("versions")]) if v]
+
+
 def record_device(record: dict, cell: dict) -> dict | None:
     """The machine that decoded one problem: the record's own ``device``, else the cell's only
     machine; None when the cell ran on several and the record predates per-record devices."""

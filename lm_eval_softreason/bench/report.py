@@ -164,7 +164,6 @@ def _model_line(cells: dict[str, dict]) -> str:
     what = identity.get("upstream") or identity.get("embedded") or identity.get("pretrained") or ""
     dtypes = sorted({str((c.get("settings") or {}).get("model_args", {}).get("dtype"))
                      for c in cells.values()})
-    prov = any_cell.get("provenance") or {}
     machines = _machines(cells)
     chat = any_cell.get("eval", {}).get("apply_chat_template")
     shots = any_cell.get("eval", {}).get("num_fewshot") or 0
@@ -177,8 +176,16 @@ def _model_line(cells: dict[str, dict]) -> str:
     return (f"{what}; dtype {', '.join(dtypes)}; {' and '.join(machines) or '?'}; "
             f"{shots}-shot, chat template {'on' if chat else 'off'}; "
             f"model_args {', '.join(engine) or '?'}; "
-            f"torch {prov.get('versions', {}).get('torch', '?')}, transformers "
-            f"{prov.get('versions', {}).get('transformers', '?')}; {_commits_text(cells)}")
+            f"torch {_library_versions(cells, 'torch')}, transformers "
+            f"{_library_versions(cells, 'transformers')}; {_commits_text(cells)}")
+
+
+def _library_versions(cells: dict[str, dict], library: str) -> str:
+    """Every version of a library that wrote these cells, oldest first: a table whose cells
+    ran under two transformers releases says so instead of naming one cell's."""
+    seen = [v.get(library, "?") for c in sorted(cells.values(), key=lambda c: str(
+        c["provenance"].get("started") or "")) for v in records.library_versions(c["provenance"])]
+    return " and ".join(dict.fromkeys(seen)) or "?"
 
 
 def task_section(task: str, models: dict[str, dict[str, dict]], level: str = "##",

@@ -414,9 +414,13 @@ class Runner:
         machines = records.devices(prov)
         if device not in machines:
             machines.append(device)
+        versions = provenance.versions()
+        seen = records.library_versions(prov)
+        if versions not in seen:
+            seen.append(versions)
         now = provenance.now_iso()
         prov.update({
-            "versions": provenance.versions(), "git": self.git, "git_commits": commits,
+            "versions": versions, "versions_seen": seen, "git": self.git, "git_commits": commits,
             "device": device, "devices": machines,
             "started": prov.get("started") or now, "updated": now,
             "finished": now if complete else None,
